@@ -1,0 +1,115 @@
+/*
+ * config.h — the one effective configuration of a kvstore process.
+ *
+ * Sources, highest precedence first: command-line flags, environment variables
+ * DIST_KV__SECTION__KEY, the YAML file named by --config, built-in defaults. Every key
+ * remembers where its value came from (for `kvstore config`). An unknown key, a value of
+ * the wrong type or out of range, or an unreadable file is an error that names the key
+ * and the source. Main thread only, before the loop starts; read-only afterwards.
+ */
+#ifndef KV_CONFIG_CONFIG_H
+#define KV_CONFIG_CONFIG_H
+
+#include "common/buf.h"
+#include "common/log.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+typedef enum kv_sync_mode {
+    KV_SYNC_ALWAYS = 0,   /* acknowledge after fsync (group commit) */
+    KV_SYNC_INTERVAL = 1, /* fsync every storage.sync_interval */
+    KV_SYNC_NEVER = 2,    /* leave it to the OS (fsync only at shutdown) */
+} kv_sync_mode;
+
+typedef enum kv_cfg_source {
+    KV_CFG_DEFAULT = 0,
+    KV_CFG_FILE,
+    KV_CFG_ENV,
+    KV_CFG_FLAG,
+} kv_cfg_source;
+
+#define KV_CFG_STR_MAX 1024
+
+typedef struct kv_config {
+    /* server.* — client HTTP listener */
+    char server_host[256];
+    int server_port;
+    /* cluster.* — peer listener (used by the membership issue) */
+    char cluster_host[256];
+    int cluster_port;
+    char cluster_advertise[256];
+    char cluster_seeds[KV_CFG_STR_MAX]; /* comma-separated host:port list */
+    /* node.* */
+    char node_name[128];
+    char node_data_dir[KV_CFG_STR_MAX];
+    /* storage.* */
+    kv_sync_mode storage_sync;
+    uint64_t storage_sync_interval_ms;
+    uint64_t storage_segment_bytes;
+    /* replication.* */
+    int replication_n, replication_r, replication_w;
+    /* limits.* */
+    uint32_t limits_max_key;         /* bytes, 1..1024 */
+    uint64_t limits_max_value;       /* bytes */
+    uint32_t limits_max_header;      /* bytes of request line + headers */
+    uint32_t limits_max_connections; /* concurrent client connections */
+    uint64_t limits_idle_timeout_ms; /* keep-alive idle connection cut-off */
+    uint64_t limits_request_timeout_ms; /* a request must arrive whole within this */
+    /* log.* */
+    kv_log_level log_level;
+    kv_log_format log_format;
+    /* client.* */
+    char client_server_url[512];
+    uint64_t client_timeout_ms;
+
+    /* Where each key's value came from; see kv_config_print. Private to config.c. */
+    struct kv_cfg_origin {
+        kv_cfg_source source;
+        char where[KV_CFG_STR_MAX]; /* file path:line, env var name or flag */
+    } origin[64];
+} kv_config;
+
+/*
+ * Split argv into config flags and the rest.
+ *
+ * Recognised anywhere in argv: --config FILE, --set KEY=VALUE, --KEY VALUE or --KEY=VALUE
+ * for every config key (e.g. --server.port 9000), and the aliases --port (server.port),
+ * --host (server.host), --data-dir (node.data_dir), --name (node.name), --seeds
+ * (cluster.seeds), --server (client.server_url), --log-level, --log-format. Everything
+ * else (commands, their own flags, positional arguments, anything after "--") is copied,
+ * in order, into rest (caller-provided, at least argc entries); *nrest gets the count.
+ * An alias or key flag missing its value → KV_ECONFIG with a message in err.
+ */
+typedef struct kv_cfg_args {
+    const char *config_file; /* borrowed from argv; NULL if not given */
+    int nflags;
+    struct {
+        const char *key;   /* canonical "section.key", static storage */
+        const char *value; /* borrowed from argv */
+        char where[64];    /* how it was given, e.g. "--port" */
+    } flags[64];
+} kv_cfg_args;
+
+int kv_config_parse_args(int argc, char **argv, kv_cfg_args *args, char **rest, int *nrest,
+                         kv_buf *err);
+
+/*
+ * Build the effective configuration: defaults, then args->config_file (if any), then
+ * environ (DIST_KV__*), then args' flags. On error returns KV_ECONFIG and writes one line
+ * naming the key and the source into err, e.g.
+ *   "server.port: 'abc' is not an integer (env DIST_KV__SERVER__PORT)".
+ * envp may be NULL (ignore the environment).
+ */
+int kv_config_load(kv_config *cfg, const kv_cfg_args *args, char **envp, kv_buf *err);
+
+/* Defaults only (never fails). */
+void kv_config_defaults(kv_config *cfg);
+
+/* Print every key, its effective value and its source, one per line ("key = value  # src"). */
+void kv_config_print(const kv_config *cfg, FILE *out);
+
+const char *kv_sync_mode_name(kv_sync_mode m);
+
+#endif

@@ -1,0 +1,39 @@
+/*
+ * metrics.h — the node's metrics registry, rendered in the Prometheus text format.
+ *
+ * Request counters by route, method and status; latency histograms by route; named
+ * counters for errors (bad requests by reason, dropped connections, ...). Gauges that
+ * belong to other modules (keys and bytes stored) are appended by the caller of
+ * kv_metrics_render. Loop thread only.
+ */
+#ifndef KV_HTTP_METRICS_H
+#define KV_HTTP_METRICS_H
+
+#include "common/buf.h"
+
+#include <stdint.h>
+
+typedef struct kv_metrics kv_metrics;
+
+kv_metrics *kv_metrics_new(void);
+void kv_metrics_free(kv_metrics *m);
+
+/* One answered HTTP request. route and method are static strings. */
+void kv_metrics_observe_request(kv_metrics *m, const char *route, const char *method, int status,
+                                double seconds);
+
+/*
+ * Add by to the counter name{label="value"} (name and label static strings, value copied).
+ * label may be NULL for an unlabelled counter. help is the HELP text (static), used the
+ * first time the counter is seen.
+ */
+void kv_metrics_count(kv_metrics *m, const char *name, const char *help, const char *label,
+                      const char *value, uint64_t by);
+
+/* Set a gauge (unlabelled). */
+void kv_metrics_gauge(kv_metrics *m, const char *name, const char *help, double value);
+
+/* Append the whole registry in Prometheus text exposition format 0.0.4 to out. */
+int kv_metrics_render(const kv_metrics *m, kv_buf *out);
+
+#endif
