@@ -1,1 +1,584 @@
-/* placeholder: being written */
+/*
+ * node.c — one kvstore node: data-directory lock, storage engine, HTTP API routes, signal
+ * handling and the graceful shutdown sequence. Everything here runs on the main thread,
+ * which is the node's single libuv loop thread (DESIGN §4).
+ *
+ * Design notes — shutdown sequence:
+ *   SIGINT/SIGTERM → state SHUTTING_DOWN (/readyz answers 503) → the HTTP server closes
+ *   gracefully (stops accepting and reading, waits for every in-flight request — including
+ *   writes waiting for fsync — to be answered and written) → the store closes (fsync,
+ *   close files) → signal handles close → the loop runs out of handles and uv_run returns.
+ *   A second signal during shutdown exits at once with status 1; with storage.sync=always
+ *   nothing acknowledged is lost by that, with interval/never the OS page cache still
+ *   holds the data unless the machine itself goes down.
+ */
+#include "node/node.h"
+
+#include "common/buf.h"
+#include "common/log.h"
+#include "http/metrics.h"
+#include "http/server.h"
+#include "kvstore/error.h"
+#include "store/store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <http_parser.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef enum node_state {
+    NODE_STARTING = 0,
+    NODE_SERVING,
+    NODE_SHUTTING_DOWN,
+} node_state;
+
+typedef struct kv_node {
+    const kv_config *cfg;
+    uv_loop_t loop;
+    uv_signal_t sigint, sigterm;
+    kv_store *store;
+    kv_http_server *http;
+    kv_metrics *metrics;
+    node_state state;
+    int lock_fd;
+    int exit_status;
+} kv_node;
+
+#define KV_PREFIX "/v1/kv/"
+
+/* ---------- data directory ---------- */
+
+/* mkdir -p for path; 0 or -1 with errno set. */
+static int mkdir_p(const char *path)
+{
+    char tmp[PATH_MAX];
+    if (snprintf(tmp, sizeof(tmp), "%s", path) >= (int)sizeof(tmp)) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(tmp, 0755) != 0 && errno != EEXIST)
+            return -1;
+        *p = '/';
+    }
+    if (mkdir(tmp, 0755) != 0 && errno != EEXIST)
+        return -1;
+    return 0;
+}
+
+/*
+ * Take the exclusive lock on <data_dir>/LOCK. flock is released by the kernel when the
+ * process dies, so a kill -9 never leaves a stale lock behind.
+ */
+static int node_lock_data_dir(kv_node *n)
+{
+    const char *dir = n->cfg->node_data_dir;
+    if (mkdir_p(dir) != 0) {
+        kv_log_error("cannot create data directory", KV_STR("data_dir", dir),
+                     KV_STR("reason", strerror(errno)));
+        return KV_EIO;
+    }
+    char path[PATH_MAX];
+    snprintf(path, sizeof(path), "%s/LOCK", dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        kv_log_error("cannot open lock file", KV_STR("path", path),
+                     KV_STR("reason", strerror(errno)));
+        return KV_EIO;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        char pidbuf[32] = "";
+        ssize_t r = pread(fd, pidbuf, sizeof(pidbuf) - 1, 0);
+        if (r > 0)
+            pidbuf[r] = '\0';
+        pidbuf[strcspn(pidbuf, "\n")] = '\0';
+        if (e == EWOULDBLOCK)
+            kv_log_error("data directory is in use by another kvstore process",
+                         KV_STR("data_dir", dir), KV_STR("lock", path),
+                         KV_STR("holder_pid", pidbuf));
+        else
+            kv_log_error("cannot lock data directory", KV_STR("lock", path),
+                         KV_STR("reason", strerror(e)));
+        close(fd);
+        return KV_ELOCKED;
+    }
+    char pid[32];
+    int len = snprintf(pid, sizeof(pid), "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)len, 0) != len)
+        kv_log_warn("cannot write pid to lock file", KV_STR("path", path),
+                    KV_STR("reason", strerror(errno)));
+    n->lock_fd = fd;
+    return KV_OK;
+}
+
+/* Each client connection is a file descriptor: lift the soft limit to the hard one so
+ * limits.max_connections, not the shell's default of 1024, is what bounds them. */
+static void node_raise_fd_limit(const kv_config *cfg)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        (void)setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    /* Headroom for segments, the listener and the loop's own descriptors. */
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < (rlim_t)cfg->limits_max_connections + 64)
+        kv_log_warn("open-file limit is below limits.max_connections; connections beyond it "
+                    "will be refused by the OS",
+                    KV_UINT("nofile", rl.rlim_cur),
+                    KV_UINT("max_connections", cfg->limits_max_connections));
+}
+
+/* ---------- request helpers ---------- */
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* Percent-decode src[0..n) into out. A '%' not followed by two hex digits is an error.
+ * '+' is a literal plus in a path. */
+static int percent_decode(const char *src, size_t n, kv_buf *out)
+{
+    kv_buf_reset(out);
+    if (kv_buf_reserve(out, n))
+        return KV_ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        char c = src[i];
+        if (c == '%') {
+            if (i + 2 >= n)
+                return KV_EINVAL;
+            int hi = hexval(src[i + 1]), lo = hexval(src[i + 2]);
+            if (hi < 0 || lo < 0)
+                return KV_EINVAL;
+            c = (char)(hi * 16 + lo);
+            i += 2;
+        }
+        out->data[out->len++] = c;
+    }
+    out->data[out->len] = '\0';
+    return KV_OK;
+}
+
+/*
+ * Find name=value in a raw query string. Returns true and the raw value (not decoded;
+ * the parameters we read are plain integers) if present.
+ */
+static bool query_param(const char *q, size_t qlen, const char *name, const char **val,
+                        size_t *vlen)
+{
+    size_t nlen = strlen(name);
+    size_t i = 0;
+    while (i < qlen) {
+        size_t end = i;
+        while (end < qlen && q[end] != '&')
+            end++;
+        if (end - i >= nlen && memcmp(q + i, name, nlen) == 0 &&
+            (end - i == nlen || q[i + nlen] == '=')) {
+            *val = end - i == nlen ? q + end : q + i + nlen + 1;
+            *vlen = end - i == nlen ? 0 : end - i - nlen - 1;
+            return true;
+        }
+        i = end + 1;
+    }
+    return false;
+}
+
+static void format_etag(char *out, size_t cap, const kv_version *v)
+{
+    snprintf(out, cap, "\"%" PRIu64 ".%" PRIu32 "\"", v->ts, v->node);
+}
+
+static const char *method_allow_get = "GET";
+
+static void respond_method_not_allowed(kv_http_req *req, const char *allow)
+{
+    /* kv_http_respond_problem takes no extra headers: build the problem body here. */
+    kv_buf body = KV_BUF_INIT;
+    kv_buf_printf(&body,
+                  "{\"type\":\"urn:kvstore:problem:method_not_allowed\",\"title\":\"Method not "
+                  "allowed\",\"status\":405,\"code\":\"method_not_allowed\",\"detail\":\"allowed "
+                  "methods: %s\"}",
+                  allow);
+    kv_http_header h[] = {{"Allow", allow}};
+    kv_http_respond(req, 405, "application/problem+json", h, 1, body.data, body.len);
+    kv_buf_free(&body);
+}
+
+static void respond_json(kv_http_req *req, int status, const char *json)
+{
+    kv_http_respond(req, status, "application/json", NULL, 0, json, strlen(json));
+}
+
+/* Map a store error to the HTTP answer the API contract names. */
+static void respond_store_error(kv_http_req *req, int err)
+{
+    switch (err) {
+    case KV_ENOTFOUND:
+        kv_http_respond_problem(req, 404, "key_not_found", "no value is stored under this key");
+        break;
+    case KV_ETOOBIG:
+        kv_http_respond_problem(req, 413, "value_too_large", "the value is over limits.max_value");
+        break;
+    case KV_EINVAL:
+        kv_http_respond_problem(req, 400, "invalid_key", "the key is not valid");
+        break;
+    case KV_ENOSPC:
+        kv_http_respond_problem(req, 507, "insufficient_storage",
+                                "the data device is full; the write was not stored");
+        break;
+    case KV_ECLOSED:
+        kv_http_respond_problem(req, 503, "shutting_down", "the node is shutting down");
+        break;
+    case KV_EIO:
+    case KV_ECORRUPT:
+        kv_http_respond_problem(req, 500, "io_error", kv_strerror(err));
+        break;
+    default:
+        kv_http_respond_problem(req, 500, "internal", kv_strerror(err));
+        break;
+    }
+}
+
+/* ---------- routes ---------- */
+
+static void on_write_done(void *arg, int status, const kv_version *ver)
+{
+    kv_http_req *req = arg;
+    if (status != KV_OK) {
+        respond_store_error(req, status);
+        return;
+    }
+    char etag[64];
+    format_etag(etag, sizeof(etag), ver);
+    kv_http_header h[] = {{"ETag", etag}};
+    kv_http_respond(req, 204, NULL, h, 1, NULL, 0);
+}
+
+static void handle_kv(kv_node *n, kv_http_req *req)
+{
+    req->route = "kv";
+    const char *raw = req->path + strlen(KV_PREFIX);
+    size_t rawlen = req->path_len - strlen(KV_PREFIX);
+    if (req->method != HTTP_GET && req->method != HTTP_PUT && req->method != HTTP_DELETE) {
+        respond_method_not_allowed(req, "GET, PUT, DELETE");
+        return;
+    }
+    kv_buf key = KV_BUF_INIT;
+    int rc = percent_decode(raw, rawlen, &key);
+    if (rc == KV_ENOMEM) {
+        kv_http_respond_problem(req, 500, "internal", "out of memory");
+        goto out;
+    }
+    if (rc != KV_OK) {
+        kv_http_respond_problem(req, 400, "invalid_key",
+                                "the key has a '%' that is not followed by two hex digits");
+        goto out;
+    }
+    if (key.len == 0) {
+        kv_http_respond_problem(req, 400, "invalid_key", "the key is empty");
+        goto out;
+    }
+    if (key.len > n->cfg->limits_max_key) {
+        char d[128];
+        snprintf(d, sizeof(d), "the key is %zu bytes; limits.max_key is %" PRIu32, key.len,
+                 n->cfg->limits_max_key);
+        kv_http_respond_problem(req, 414, "key_too_long", d);
+        goto out;
+    }
+    if (n->state == NODE_SHUTTING_DOWN && req->method != HTTP_GET) {
+        kv_http_respond_problem(req, 503, "shutting_down", "the node is shutting down");
+        goto out;
+    }
+
+    if (req->method == HTTP_GET) {
+        kv_buf val = KV_BUF_INIT;
+        kv_version ver;
+        rc = store_get(n->store, key.data, key.len, &val, &ver);
+        if (rc == KV_OK) {
+            char etag[64];
+            format_etag(etag, sizeof(etag), &ver);
+            kv_http_header h[] = {{"ETag", etag}};
+            kv_http_respond(req, 200, "application/octet-stream", h, 1, val.data, val.len);
+        } else {
+            respond_store_error(req, rc);
+        }
+        kv_buf_free(&val);
+    } else if (req->method == HTTP_PUT) {
+        uint64_t expiry = 0;
+        const char *tv;
+        size_t tlen;
+        if (query_param(req->query, req->query_len, "ttl", &tv, &tlen)) {
+            uint64_t ttl = 0;
+            bool ok = tlen > 0 && tlen <= 10;
+            for (size_t i = 0; ok && i < tlen; i++) {
+                if (tv[i] < '0' || tv[i] > '9')
+                    ok = false;
+                else
+                    ttl = ttl * 10 + (uint64_t)(tv[i] - '0');
+            }
+            if (!ok || ttl == 0) {
+                kv_http_respond_problem(req, 400, "invalid_query",
+                                        "ttl must be a positive whole number of seconds");
+                goto out;
+            }
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            expiry = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000 + ttl * 1000;
+        }
+        rc = store_put(n->store, key.data, key.len, req->body, req->body_len, expiry, on_write_done,
+                       req);
+        if (rc != KV_OK)
+            respond_store_error(req, rc);
+    } else {
+        rc = store_delete(n->store, key.data, key.len, on_write_done, req);
+        if (rc != KV_OK)
+            respond_store_error(req, rc);
+    }
+out:
+    kv_buf_free(&key);
+}
+
+static void add_store_gauges(kv_node *n)
+{
+    kv_store_stats st;
+    store_stats(n->store, &st);
+    kv_metrics_gauge(n->metrics, "kv_store_keys", "Live keys in the storage engine.",
+                     (double)st.keys);
+    kv_metrics_gauge(n->metrics, "kv_store_live_bytes", "Key and value bytes of live keys.",
+                     (double)st.live_bytes);
+    kv_metrics_gauge(n->metrics, "kv_store_disk_bytes", "Bytes of all segment files.",
+                     (double)st.disk_bytes);
+    kv_metrics_gauge(n->metrics, "kv_store_segments", "Segment files.", (double)st.segments);
+    /* Monotonic engine counters are exposed as gauges set from the engine's own totals
+     * (the registry has no "set counter"); their names keep the _total suffix users know. */
+    kv_metrics_gauge(n->metrics, "kv_store_corrupt_records_total",
+                     "Records skipped or truncated as corrupt since start.",
+                     (double)st.corrupt_records);
+    kv_metrics_gauge(n->metrics, "kv_store_truncated_bytes_total",
+                     "Torn-tail bytes removed at start.", (double)st.truncated_bytes);
+    kv_metrics_gauge(n->metrics, "kv_store_fsyncs_total", "fsync calls made.", (double)st.fsyncs);
+    kv_metrics_gauge(n->metrics, "kv_store_write_errors_total",
+                     "Writes refused because the disk failed or was full.",
+                     (double)st.write_errors);
+}
+
+static void handle_request(kv_http_req *req, void *arg)
+{
+    kv_node *n = arg;
+    const char *p = req->path;
+    if (strncmp(p, KV_PREFIX, strlen(KV_PREFIX)) == 0) {
+        handle_kv(n, req);
+        return;
+    }
+    if (strcmp(p, "/healthz") == 0) {
+        req->route = "healthz";
+        if (req->method != HTTP_GET)
+            respond_method_not_allowed(req, method_allow_get);
+        else
+            respond_json(req, 200, "{\"status\":\"ok\"}");
+        return;
+    }
+    if (strcmp(p, "/readyz") == 0) {
+        req->route = "readyz";
+        if (req->method != HTTP_GET)
+            respond_method_not_allowed(req, method_allow_get);
+        else if (n->state == NODE_SERVING)
+            respond_json(req, 200, "{\"status\":\"ready\"}");
+        else if (n->state == NODE_SHUTTING_DOWN)
+            kv_http_respond_problem(req, 503, "not_ready", "the node is shutting down");
+        else
+            kv_http_respond_problem(req, 503, "not_ready", "the node is starting");
+        return;
+    }
+    if (strcmp(p, "/metrics") == 0) {
+        req->route = "metrics";
+        if (req->method != HTTP_GET) {
+            respond_method_not_allowed(req, method_allow_get);
+            return;
+        }
+        add_store_gauges(n);
+        kv_buf out = KV_BUF_INIT;
+        if (kv_metrics_render(n->metrics, &out) != KV_OK) {
+            kv_http_respond_problem(req, 500, "internal", "out of memory");
+        } else {
+            kv_http_respond(req, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, 0, out.data,
+                            out.len);
+        }
+        kv_buf_free(&out);
+        return;
+    }
+    req->route = "not_found";
+    kv_http_respond_problem(req, 404, "route_not_found", "no such route");
+}
+
+/* ---------- lifecycle ---------- */
+
+static void on_closed_handle(uv_handle_t *h)
+{
+    (void)h;
+}
+
+static void on_nothing(void *arg)
+{
+    (void)arg;
+}
+
+static void on_store_closed(void *arg)
+{
+    kv_node *n = arg;
+    n->store = NULL;
+    kv_log_info("storage synced and closed");
+    uv_close((uv_handle_t *)&n->sigint, on_closed_handle);
+    uv_close((uv_handle_t *)&n->sigterm, on_closed_handle);
+}
+
+static void on_http_closed(void *arg)
+{
+    kv_node *n = arg;
+    n->http = NULL;
+    kv_log_info("http server closed; in-flight requests finished");
+    store_close(n->store, on_store_closed, n);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    kv_node *n = h->data;
+    if (n->state == NODE_SHUTTING_DOWN) {
+        kv_log_warn("second signal during shutdown; exiting now",
+                    KV_STR("signal", strsignal(signum)));
+        _exit(1);
+    }
+    n->state = NODE_SHUTTING_DOWN;
+    kv_log_info("shutting down", KV_STR("signal", strsignal(signum)),
+                KV_UINT("in_flight", kv_http_server_inflight(n->http)));
+    kv_http_server_close(n->http, on_http_closed, n);
+}
+
+int kv_node_main(const kv_config *cfg)
+{
+    kv_node node;
+    memset(&node, 0, sizeof(node));
+    kv_node *n = &node;
+    n->cfg = cfg;
+    n->lock_fd = -1;
+    n->state = NODE_STARTING;
+
+    /* A client that goes away mid-response must cost an EPIPE, not the process. */
+    signal(SIGPIPE, SIG_IGN);
+    node_raise_fd_limit(cfg);
+
+    kv_log_info("starting kvstore", KV_STR("version", KV_VERSION),
+                KV_STR("data_dir", cfg->node_data_dir),
+                KV_STR("sync", kv_sync_mode_name(cfg->storage_sync)), KV_INT("pid", getpid()));
+
+    if (node_lock_data_dir(n) != KV_OK)
+        return 1;
+
+    int rc = uv_loop_init(&n->loop);
+    if (rc != 0) {
+        kv_log_error("cannot create event loop", KV_STR("reason", uv_strerror(rc)));
+        close(n->lock_fd);
+        return 1;
+    }
+
+    uint64_t t0 = uv_hrtime();
+    kv_store_opts so = {
+        .dir = cfg->node_data_dir,
+        .sync = cfg->storage_sync,
+        .sync_interval_ms = cfg->storage_sync_interval_ms,
+        .segment_bytes = cfg->storage_segment_bytes,
+        .max_key = cfg->limits_max_key,
+        .max_value = cfg->limits_max_value,
+        .node_id = 0, /* node ids arrive with membership (DESIGN §6) */
+    };
+    rc = store_open(&n->store, &n->loop, &so);
+    if (rc != KV_OK) {
+        kv_log_error("cannot open storage", KV_STR("data_dir", cfg->node_data_dir), KV_ERR(rc));
+        goto fail;
+    }
+    kv_store_stats st;
+    store_stats(n->store, &st);
+    kv_log_info("storage opened", KV_UINT("keys", st.keys), KV_UINT("segments", st.segments),
+                KV_UINT("disk_bytes", st.disk_bytes),
+                KV_FLOAT("seconds", (double)(uv_hrtime() - t0) / 1e9));
+
+    n->metrics = kv_metrics_new();
+    if (!n->metrics) {
+        kv_log_error("out of memory");
+        goto fail;
+    }
+    kv_http_limits lim = {
+        .max_header = cfg->limits_max_header,
+        .max_body = cfg->limits_max_value,
+        .max_connections = cfg->limits_max_connections,
+        .idle_timeout_ms = cfg->limits_idle_timeout_ms,
+        .request_timeout_ms = cfg->limits_request_timeout_ms,
+        .max_pipeline = 64,
+    };
+    rc = kv_http_server_start(&n->http, &n->loop, cfg->server_host, cfg->server_port, &lim,
+                              handle_request, n, n->metrics);
+    if (rc != KV_OK) {
+        kv_log_error("cannot start the HTTP listener", KV_STR("host", cfg->server_host),
+                     KV_INT("port", cfg->server_port), KV_ERR(rc));
+        goto fail;
+    }
+
+    uv_signal_init(&n->loop, &n->sigint);
+    uv_signal_init(&n->loop, &n->sigterm);
+    n->sigint.data = n->sigterm.data = n;
+    uv_signal_start(&n->sigint, on_signal, SIGINT);
+    uv_signal_start(&n->sigterm, on_signal, SIGTERM);
+
+    n->state = NODE_SERVING;
+    char url[320];
+    int port = kv_http_server_port(n->http);
+    snprintf(url, sizeof(url), "http://%s:%d",
+             strcmp(cfg->server_host, "0.0.0.0") == 0 ? "127.0.0.1" : cfg->server_host, port);
+    kv_log_info("http listening", KV_STR("host", cfg->server_host), KV_INT("port", port),
+                KV_STR("url", url));
+    kv_log_info("node ready", KV_STR("name", cfg->node_name));
+
+    uv_run(&n->loop, UV_RUN_DEFAULT);
+
+    rc = uv_loop_close(&n->loop);
+    if (rc != 0)
+        kv_log_warn("event loop closed with handles still open", KV_STR("reason", uv_strerror(rc)));
+    kv_metrics_free(n->metrics);
+    close(n->lock_fd);
+    kv_log_info("stopped");
+    return 0;
+
+fail:
+    /* Start-up failed before serving: close what was opened and drain the loop. */
+    if (n->http)
+        kv_http_server_close(n->http, on_nothing, NULL);
+    if (n->store)
+        store_close(n->store, on_nothing, NULL);
+    uv_run(&n->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&n->loop);
+    if (n->metrics)
+        kv_metrics_free(n->metrics);
+    close(n->lock_fd);
+    return 1;
+}
