@@ -1084,3 +1084,96 @@ int th_run(const char *const *argv, const char *const *extra_env, const char *st
         return -1;
     return WEXITSTATUS(st);
 }
+
+/* ---------------------------------------------------------------- JSON look-ups */
+
+/* Position just after `"name"` followed by optional spaces and a colon, or NULL. */
+static const char *th_json_find(const char *json, const char *name)
+{
+    size_t nlen = strlen(name);
+    for (const char *p = json; (p = strchr(p, '"')) != NULL; p++) {
+        if (strncmp(p + 1, name, nlen) != 0 || p[1 + nlen] != '"')
+            continue;
+        const char *q = p + 2 + nlen;
+        while (isspace((unsigned char)*q))
+            q++;
+        if (*q != ':')
+            continue;
+        q++;
+        while (isspace((unsigned char)*q))
+            q++;
+        return q;
+    }
+    return NULL;
+}
+
+bool th_json_str(const char *json, const char *name, char *out, size_t cap)
+{
+    const char *v = json ? th_json_find(json, name) : NULL;
+    if (v == NULL || *v != '"')
+        return false;
+    v++;
+    size_t o = 0;
+    while (*v && *v != '"') {
+        if (*v == '\\' && v[1] != '\0') {
+            if (o + 1 < cap)
+                out[o++] = *v;
+            v++;
+        }
+        if (o + 1 < cap)
+            out[o++] = *v;
+        v++;
+    }
+    if (*v != '"')
+        return false;
+    if (cap > 0)
+        out[o] = '\0';
+    return true;
+}
+
+bool th_json_num(const char *json, const char *name, double *out)
+{
+    const char *v = json ? th_json_find(json, name) : NULL;
+    if (v == NULL)
+        return false;
+    char *end;
+    double d = strtod(v, &end);
+    if (end == v)
+        return false;
+    *out = d;
+    return true;
+}
+
+bool th_is_problem(const th_resp *r, int status, const char *code, char *why, size_t cap)
+{
+    char ct[128] = "", got[128] = "", type[160] = "", want_type[160];
+    double num = 0;
+    if (r->status != status) {
+        snprintf(why, cap, "status %d, want %d (body: %.200s)", r->status, status,
+                 r->body ? r->body : "");
+        return false;
+    }
+    if (!th_resp_header(r, "Content-Type", ct, sizeof ct) ||
+        strncasecmp(ct, "application/problem+json", 24) != 0) {
+        snprintf(why, cap, "Content-Type '%s', want application/problem+json", ct);
+        return false;
+    }
+    if (!th_json_str(r->body, "code", got, sizeof got) || strcmp(got, code) != 0) {
+        snprintf(why, cap, "code '%s', want '%s' (body: %.200s)", got, code, r->body);
+        return false;
+    }
+    if (!th_json_num(r->body, "status", &num) || (int)num != status) {
+        snprintf(why, cap, "body status %g, want %d (body: %.200s)", num, status, r->body);
+        return false;
+    }
+    snprintf(want_type, sizeof want_type, "urn:kvstore:problem:%s", code);
+    if (!th_json_str(r->body, "type", type, sizeof type) || strcmp(type, want_type) != 0) {
+        snprintf(why, cap, "type '%s', want '%s'", type, want_type);
+        return false;
+    }
+    if (!th_json_str(r->body, "title", got, sizeof got)) {
+        snprintf(why, cap, "no title (body: %.200s)", r->body);
+        return false;
+    }
+    return true;
+}

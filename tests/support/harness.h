@@ -133,6 +133,21 @@ double th_metric(int port, const char *name, const char *labels);
  * (cap >= 3*klen+1). */
 void th_pct_encode(const void *key, size_t klen, char *out, size_t cap);
 
+/*
+ * Tiny JSON look-ups for assertions (not a parser): find "name" as an object key anywhere
+ * in json and copy its string value (escapes kept as written) / read its number. False if
+ * absent or of another type.
+ */
+bool th_json_str(const char *json, const char *name, char *out, size_t cap);
+bool th_json_num(const char *json, const char *name, double *out);
+
+/*
+ * True if r is a problem+json answer with this status and code: Content-Type
+ * application/problem+json, body fields "status" = status, "code" = code, "type" =
+ * "urn:kvstore:problem:<code>", "title" present. Otherwise false and a reason in why.
+ */
+bool th_is_problem(const th_resp *r, int status, const char *code, char *why, size_t cap);
+
 /* Monotonic milliseconds, for deadlines. */
 int64_t th_now_ms(void);
 
