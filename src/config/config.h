@@ -50,12 +50,13 @@ typedef struct kv_config {
     uint64_t storage_segment_bytes;
     /* replication.* */
     int replication_n, replication_r, replication_w;
+    bool replication_sloppy_quorum; /* fallbacks count toward quorums (DESIGN §9) */
     /* limits.* */
-    uint32_t limits_max_key;         /* bytes, 1..1024 */
-    uint64_t limits_max_value;       /* bytes */
-    uint32_t limits_max_header;      /* bytes of request line + headers */
-    uint32_t limits_max_connections; /* concurrent client connections */
-    uint64_t limits_idle_timeout_ms; /* keep-alive idle connection cut-off */
+    uint32_t limits_max_key;            /* bytes, 1..1024 */
+    uint64_t limits_max_value;          /* bytes */
+    uint32_t limits_max_header;         /* bytes of request line + headers */
+    uint32_t limits_max_connections;    /* concurrent client connections */
+    uint64_t limits_idle_timeout_ms;    /* keep-alive idle connection cut-off */
     uint64_t limits_request_timeout_ms; /* a request must arrive whole within this */
     /* log.* */
     kv_log_level log_level;
@@ -81,6 +82,14 @@ typedef struct kv_config {
  * else (commands, their own flags, positional arguments, anything after "--") is copied,
  * in order, into rest (caller-provided, at least argc entries); *nrest gets the count.
  * An alias or key flag missing its value → KV_ECONFIG with a message in err.
+ *
+ * Details: argv[0] is not special (pass argv + 1 to skip the program name). A "--" stops
+ * flag parsing; the "--" itself is copied into rest too, so the command's own parser still
+ * sees where positional arguments begin. Unknown flags are not errors (commands have their
+ * own), except a dotted one inside a config section (--server.prot) or an unknown key in
+ * --set, which are KV_ECONFIG. A later flag for the same key wins. Values are only checked
+ * by kv_config_load. Error text is appended to err; args, rest and *nrest are written only
+ * on success.
  */
 typedef struct kv_cfg_args {
     const char *config_file; /* borrowed from argv; NULL if not given */
@@ -100,15 +109,31 @@ int kv_config_parse_args(int argc, char **argv, kv_cfg_args *args, char **rest, 
  * environ (DIST_KV__*), then args' flags. On error returns KV_ECONFIG and writes one line
  * naming the key and the source into err, e.g.
  *   "server.port: 'abc' is not an integer (env DIST_KV__SERVER__PORT)".
- * envp may be NULL (ignore the environment).
+ * envp may be NULL (ignore the environment). args may be NULL (no file, no flags). cfg is
+ * written only on success. A node.name left empty is derived as host name + "-" + port.
+ * Cross-key checks: replication.r and replication.w must not exceed replication.n.
  */
 int kv_config_load(kv_config *cfg, const kv_cfg_args *args, char **envp, kv_buf *err);
 
-/* Defaults only (never fails). */
+/* Defaults only (never fails). node.name is derived from the host name and server.port. */
 void kv_config_defaults(kv_config *cfg);
 
 /* Print every key, its effective value and its source, one per line ("key = value  # src"). */
 void kv_config_print(const kv_config *cfg, FILE *out);
+
+/*
+ * Print the key reference for --help, generated from the key table: for every key its
+ * type, default, environment variable, flags and a one-line description.
+ */
+void kv_config_print_reference(FILE *out);
+
+/*
+ * Where key ("section.key") got its value in cfg: *source, and *where (borrowed from cfg:
+ * the file "path:line", the env variable name or the flag; "" for defaults). KV_OK, or
+ * KV_EINVAL if there is no such key. Either out-pointer may be NULL.
+ */
+int kv_config_origin(const kv_config *cfg, const char *key, kv_cfg_source *source,
+                     const char **where);
 
 const char *kv_sync_mode_name(kv_sync_mode m);
 
