@@ -161,6 +161,11 @@ Test(node_durability, acknowledged_writes_survive_kill_9, .timeout = 150)
     start(&n, args);
     enum { N = 10000 };
     write_all(n.port, "dur", N, 4);
+    /* Each round of 200 pipelined PUTs waits for its acks, so sync=always needs at least one
+     * fsync per round. */
+    double fsyncs = th_metric(n.port, "kv_store_fsyncs_total", NULL);
+    cr_assert_geq(fsyncs, N / 200, "only %g fsyncs for %d acknowledged writes with sync=always",
+                  fsyncs, N);
     th_node_kill9(&n);
 
     /* The stale LOCK of a killed node must not stop the restart. */
