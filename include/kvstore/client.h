@@ -22,45 +22,84 @@ typedef struct kv_client kv_client;
 
 typedef struct kv_client_opts {
     uint64_t timeout_ms; /* per call: connect + send + receive; 0 = 10 s */
+    /*
+     * Largest response body accepted (a value, or a /metrics page); 0 = 1 MiB, the
+     * server's default limits.max_value. A server that sends more (or more than 64 KiB of
+     * status line and headers) fails the call with KV_EPROTO and the connection is closed.
+     */
+    uint64_t max_body;
 } kv_client_opts;
+
+#define KV_CLIENT_DEFAULT_TIMEOUT_MS 10000
+#define KV_CLIENT_DEFAULT_MAX_BODY   (1024 * 1024)
+#define KV_CLIENT_MAX_HEADER         (64 * 1024)
 
 /* What the server said about a failed call, for messages (may be empty strings). */
 typedef struct kv_client_error {
-    int http_status;   /* 0 when no response was received */
-    char code[64];     /* problem+json "code", e.g. "key_too_long" */
-    char detail[512];  /* problem+json "detail", or a transport error text */
+    int http_status;  /* 0 when no response was received */
+    char code[64];    /* problem+json "code", e.g. "key_too_long" */
+    char detail[512]; /* problem+json "detail", or a transport error text */
 } kv_client_error;
 
 /*
- * Create a client for server_url ("http://host:port", path ignored). Does not connect
- * yet. KV_EINVAL for a URL that is not http://host[:port]. opts may be NULL.
+ * Create a client for server_url, "http://host[:port][/path]": host is an IPv4 literal,
+ * "localhost", a DNS name (resolved with getaddrinfo on each connect) or a bracketed IPv6
+ * literal; the port defaults to 80; the path is ignored. Does not connect yet. KV_EINVAL
+ * for any other URL (https, user info, bad port), KV_ENOMEM. opts may be NULL (defaults).
+ * *out is owned by the caller and released with kv_client_free.
+ *
+ * Behaviour of every call: one keep-alive TCP connection (TCP_NODELAY) is kept between
+ * calls. If the server closed it meanwhile (the request fails to send, or the connection
+ * ends before any byte of the response arrives), the call reconnects and sends the
+ * request once more; a call never resends after part of a response was received. The
+ * whole call (connect, send, receive and that one retry) must finish within
+ * opts->timeout_ms or fails with KV_ETIMEDOUT and the connection is closed; only host name
+ * resolution (getaddrinfo) is not bounded by it. Connection failures (refused,
+ * unresolvable host, reset while sending) are KV_ECONNECT.
+ *
+ * Server answers map to: 2xx → KV_OK; 404 with problem code "key_not_found" on a key GET
+ * → KV_ENOTFOUND; 503 → KV_EUNAVAIL; 507 → KV_ENOSPC; other 4xx → KV_EBADREQ; other 5xx
+ * → KV_ESERVER; anything else unexpected → KV_EPROTO. kv_client_last_error then carries
+ * the HTTP status and the problem+json "code" and "detail".
  */
 int kv_client_new(kv_client **out, const char *server_url, const kv_client_opts *opts);
 void kv_client_free(kv_client *c);
 
-/* Details of the last failed call on c; valid until the next call. */
+/*
+ * Details of the last failed call on c (all zero / empty after a successful one). The
+ * pointer stays valid until kv_client_free; its contents change with the next call.
+ */
 const kv_client_error *kv_client_last_error(const kv_client *c);
 
 /*
- * GET key. On KV_OK *val (malloc'ed, caller frees with free(); NUL-terminated for
- * convenience, not counted in *vlen) and *vlen hold the value, and if etag is not NULL
- * the version from ETag is copied into it (etag_cap bytes, NUL-terminated).
- * KV_ENOTFOUND for 404.
+ * GET key (any bytes, klen 1..limits.max_key; percent-encoded on the wire). On KV_OK *val
+ * (malloc'ed, caller frees with free(); NUL-terminated for convenience, not counted in
+ * *vlen) and *vlen hold the value, and if etag is not NULL the version from the ETag header
+ * is copied into it without the surrounding double quotes, e.g. 1732700000123.42
+ * (etag_cap bytes, NUL-terminated, truncated if longer; "" if the server sent none; 64
+ * bytes is plenty). KV_ENOTFOUND if the key does not exist, KV_EINVAL for klen 0.
  */
-int kv_client_get(kv_client *c, const void *key, size_t klen, char **val, size_t *vlen,
-                  char *etag, size_t etag_cap);
+int kv_client_get(kv_client *c, const void *key, size_t klen, char **val, size_t *vlen, char *etag,
+                  size_t etag_cap);
 
-/* PUT key=val; ttl_s 0 for none. etag as in kv_client_get (may be NULL). */
+/*
+ * PUT key=val (val may be NULL when vlen is 0); ttl_s > 0 makes the key expire after that
+ * many seconds (sent as ?ttl=N), 0 for none. etag as in kv_client_get (may be NULL): the
+ * version the server wrote.
+ */
 int kv_client_put(kv_client *c, const void *key, size_t klen, const void *val, size_t vlen,
                   uint64_t ttl_s, char *etag, size_t etag_cap);
 
-/* DELETE key. Succeeds whether or not the key existed. */
+/* DELETE key. Succeeds whether or not the key existed (the server writes a tombstone). */
 int kv_client_delete(kv_client *c, const void *key, size_t klen);
 
 /*
- * GET path (e.g. "/healthz", "/readyz", "/metrics"). On KV_OK *status gets the HTTP status
- * and *body (malloc'ed, NUL-terminated, caller frees) the body — for any status the server
- * returned; errors are only transport failures.
+ * GET path (e.g. "/healthz", "/readyz", "/metrics"; must start with '/' and contain no
+ * spaces or control characters, else KV_EINVAL). On KV_OK *status gets the HTTP status
+ * and *body (malloc'ed, NUL-terminated, caller frees with free()) and *blen the body — for
+ * any status the server returned; errors are only transport failures (KV_ECONNECT,
+ * KV_ETIMEDOUT, KV_EPROTO). blen may be NULL. After a non-2xx answer kv_client_last_error
+ * also holds the status and any problem+json code and detail, for messages.
  */
 int kv_client_raw_get(kv_client *c, const char *path, int *status, char **body, size_t *blen);
 
