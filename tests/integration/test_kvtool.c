@@ -34,6 +34,14 @@ static void teardown(void)
     th_tmpdir_remove(g_tmp);
 }
 
+/* End of a test: a graceful stop, so a crash, a leak or a non-zero exit on SIGTERM fails
+ * the test (fini cannot fail it; fini only cleans up). */
+static void stop_clean(void)
+{
+    cr_assert(th_node_stop_clean(&g_node, 10000),
+              "node did not shut down cleanly on SIGTERM (its log is above)");
+}
+
 TestSuite(kvtool, .init = setup, .fini = teardown, .timeout = 60);
 
 typedef struct run_out {
@@ -98,6 +106,7 @@ Test(kvtool, put_and_get_through_server_flag)
     cr_assert(out_is(r.out, "hello"), "printed '%s'", r.out);
     run_free(&r);
     expect_value_via_http("/v1/kv/greeting", "hello", 5);
+    stop_clean();
 }
 
 Test(kvtool, server_from_env)
@@ -114,6 +123,7 @@ Test(kvtool, server_from_env)
     cr_assert_eq(r.rc, 0, "exit %d: %s", r.rc, r.err);
     cr_assert(out_is(r.out, "hello-env"), "printed '%s'", r.out);
     run_free(&r);
+    stop_clean();
 }
 
 Test(kvtool, server_from_config_file_and_flag_wins)
@@ -147,6 +157,7 @@ Test(kvtool, server_from_config_file_and_flag_wins)
     r = run("kvtool", getf, env, NULL, 0);
     cr_assert_eq(r.rc, 0, "--server should beat env and file: exit %d: %s", r.rc, r.err);
     run_free(&r);
+    stop_clean();
 }
 
 Test(kvtool, kvstore_client_is_the_same_cli)
@@ -165,6 +176,7 @@ Test(kvtool, kvstore_client_is_the_same_cli)
     r = run("kvstore", miss, NULL, NULL, 0);
     cr_assert_eq(r.rc, 3, "kvstore client get of a missing key: exit %d", r.rc);
     run_free(&r);
+    stop_clean();
 }
 
 Test(kvtool, missing_key_exits_3)
@@ -181,6 +193,7 @@ Test(kvtool, missing_key_exits_3)
     cr_assert_eq(r.rc, 3, "--json: exit %d, want 3", r.rc);
     cr_assert(r.out[0] == '{' && strstr(r.out, "key_not_found"), "--json error output: %s", r.out);
     run_free(&r);
+    stop_clean();
 }
 
 Test(kvtool, server_down_exits_1_with_message)
@@ -202,6 +215,7 @@ Test(kvtool, server_down_exits_1_with_message)
                   "kvtool %s: message does not say what failed: %s", cmds[i][2], r.err);
         run_free(&r);
     }
+    stop_clean();
 }
 
 Test(kvtool, value_from_file_and_stdin)
@@ -249,6 +263,7 @@ Test(kvtool, value_from_file_and_stdin)
     cr_assert_eq(th_http(g_node.port, "GET", "/v1/kv/nofile", NULL, 0, &h), 0);
     cr_assert_eq(h.status, 404);
     th_resp_free(&h);
+    stop_clean();
 }
 
 Test(kvtool, keys_with_special_bytes_are_encoded)
@@ -268,6 +283,7 @@ Test(kvtool, keys_with_special_bytes_are_encoded)
     cr_assert_eq(r.rc, 0);
     run_free(&r);
     expect_value_via_http("/v1/kv/cl%C3%A9", "accent", 6);
+    stop_clean();
 }
 
 Test(kvtool, json_output)
@@ -305,6 +321,7 @@ Test(kvtool, json_output)
     cr_assert_eq(r.rc, 0, "health --json exit %d: %s", r.rc, r.err);
     cr_assert(r.out[0] == '{' && strstr(r.out, "\"healthz\""), "health --json: %s", r.out);
     run_free(&r);
+    stop_clean();
 }
 
 Test(kvtool, delete_then_get_is_not_found)
@@ -325,6 +342,7 @@ Test(kvtool, delete_then_get_is_not_found)
     r = run("kvtool", del, NULL, NULL, 0);
     cr_assert_eq(r.rc, 0, "second delete: exit %d: %s", r.rc, r.err);
     run_free(&r);
+    stop_clean();
 }
 
 Test(kvtool, health)
@@ -334,6 +352,7 @@ Test(kvtool, health)
     cr_assert_eq(r.rc, 0, "health: exit %d: %s", r.rc, r.err);
     cr_assert(strcasestr(r.out, "ok") != NULL, "health output: %s", r.out);
     run_free(&r);
+    stop_clean();
 }
 
 Test(kvtool, help_on_every_command_mentions_exit_codes)
@@ -360,6 +379,7 @@ Test(kvtool, help_on_every_command_mentions_exit_codes)
                   cases[i][2] ? cases[i][2] : "", text);
         run_free(&r);
     }
+    stop_clean();
 }
 
 Test(kvtool, usage_errors_exit_2)
@@ -381,4 +401,5 @@ Test(kvtool, usage_errors_exit_2)
     run_out r = run("kvtool", none, NULL, NULL, 0);
     cr_assert_eq(r.rc, 2, "kvtool with no command: exit %d", r.rc);
     run_free(&r);
+    stop_clean();
 }

@@ -31,6 +31,14 @@ static void stop_node(void)
     th_tmpdir_remove(g_tmp);
 }
 
+/* End of a test: a graceful stop, so a crash, a leak or a non-zero exit on SIGTERM fails
+ * the test (fini cannot fail it; fini only cleans up). */
+static void stop_clean(void)
+{
+    cr_assert(th_node_stop_clean(&g_node, 10000),
+              "node did not shut down cleanly on SIGTERM (its log is above)");
+}
+
 TestSuite(node_basic, .init = start_node, .fini = stop_node, .timeout = 30);
 
 /* ETag must look like "<ts>.<node>": quoted, two decimal fields. */
@@ -127,6 +135,7 @@ Test(node_basic, put_get_delete_round_trip_with_etags)
     /* A key can be written again after a delete. */
     put_ok("/v1/kv/alpha", "three", 5, NULL, 0);
     get_expect("/v1/kv/alpha", "three", 5);
+    stop_clean();
 }
 
 Test(node_basic, etags_increase_with_each_write)
@@ -142,6 +151,7 @@ Test(node_basic, etags_increase_with_each_write)
         pts = ts;
         snprintf(prev, sizeof prev, "%s", cur);
     }
+    stop_clean();
 }
 
 Test(node_basic, missing_key_is_404_problem_json)
@@ -153,6 +163,7 @@ Test(node_basic, missing_key_is_404_problem_json)
     cr_assert(th_is_problem(&r, 404, "key_not_found", why, sizeof why), "%s", why);
     cr_assert(th_json_str(r.body, "detail", detail, sizeof detail), "no detail: %s", r.body);
     th_resp_free(&r);
+    stop_clean();
 }
 
 Test(node_basic, unknown_route_and_wrong_method)
@@ -169,6 +180,7 @@ Test(node_basic, unknown_route_and_wrong_method)
     cr_assert(strstr(allow, "GET") && strstr(allow, "PUT") && strstr(allow, "DELETE"), "Allow: %s",
               allow);
     th_resp_free(&r);
+    stop_clean();
 }
 
 Test(node_basic, binary_values_with_nul_bytes)
@@ -194,6 +206,7 @@ Test(node_basic, binary_values_with_nul_bytes)
     put_ok("/v1/kv/big", b, big, NULL, 0);
     get_expect("/v1/kv/big", b, big);
     free(b);
+    stop_clean();
 }
 
 Test(node_basic, percent_encoded_keys)
@@ -226,6 +239,7 @@ Test(node_basic, percent_encoded_keys)
     snprintf(path, sizeof path, "/v1/kv/%s", enc);
     put_ok(path, "all-bytes", 9, NULL, 0);
     get_expect(path, "all-bytes", 9);
+    stop_clean();
 }
 
 Test(node_basic, keep_alive_serves_many_requests_on_one_connection)
@@ -257,6 +271,7 @@ Test(node_basic, keep_alive_serves_many_requests_on_one_connection)
         th_resp_free(&r);
     }
     close(fd);
+    stop_clean();
 }
 
 Test(node_basic, pipelined_requests_answered_in_order)
@@ -303,6 +318,7 @@ Test(node_basic, pipelined_requests_answered_in_order)
         th_resp_free(&r);
     }
     close(fd);
+    stop_clean();
 }
 
 Test(node_basic, connection_close_is_honoured)
@@ -327,6 +343,7 @@ Test(node_basic, connection_close_is_honoured)
     th_resp_free(&r);
     cr_assert(th_wait_closed(fd, 3000), "server kept an HTTP/1.0 connection open");
     close(fd);
+    stop_clean();
 }
 
 Test(node_basic, health_and_readiness)
@@ -348,6 +365,7 @@ Test(node_basic, health_and_readiness)
     cr_assert(th_json_str(r.body, "status", st, sizeof st), "readyz body %s", r.body);
     cr_assert_str_eq(st, "ready");
     th_resp_free(&r);
+    stop_clean();
 }
 
 Test(node_basic, metrics_reflect_requests)
@@ -408,6 +426,7 @@ Test(node_basic, metrics_reflect_requests)
     cr_assert_geq(th_metric(g_node.port, "kv_store_segments", NULL), 1);
     double hz = th_metric(g_node.port, "kv_http_requests_total", "route=\"healthz\"");
     cr_assert_geq(hz, 1, "healthz requests not counted");
+    stop_clean();
 }
 
 Test(node_basic, ttl_expires_key)
@@ -443,4 +462,5 @@ Test(node_basic, ttl_expires_key)
         th_resp_free(&r);
     }
     get_missing("/v1/kv/k");
+    stop_clean();
 }

@@ -31,6 +31,14 @@ static void teardown(void)
     th_tmpdir_remove(g_tmp);
 }
 
+/* End of a test: a graceful stop, so a crash, a leak or a non-zero exit on SIGTERM fails
+ * the test (fini cannot fail it; fini only cleans up). */
+static void stop_clean(void)
+{
+    cr_assert(th_node_stop_clean(&g_node, 10000),
+              "node did not shut down cleanly on SIGTERM (its log is above)");
+}
+
 TestSuite(node_malformed, .init = setup, .fini = teardown, .timeout = 60);
 
 /* The limits most tests use: short timeouts so stalls are seen quickly, small sizes. */
@@ -106,6 +114,7 @@ Test(node_malformed, unknown_method_is_400_and_counted)
     close(fd);
     cr_assert_eq(rejected("malformed"), before + 1);
     assert_still_serves();
+    stop_clean();
 }
 
 Test(node_malformed, bad_percent_encoding_is_invalid_key_and_connection_survives)
@@ -139,6 +148,7 @@ Test(node_malformed, bad_percent_encoding_is_invalid_key_and_connection_survives
     double n400 = th_metric(g_node.port, "kv_http_requests_total", "status=\"400\"");
     cr_assert_geq(n400, 5, "400 answers not counted in kv_http_requests_total (%g)", n400);
     assert_still_serves();
+    stop_clean();
 }
 
 Test(node_malformed, oversized_headers_are_431)
@@ -172,6 +182,7 @@ Test(node_malformed, oversized_headers_are_431)
 
     cr_assert_eq(rejected("headers_too_large"), before + 2);
     assert_still_serves();
+    stop_clean();
 }
 
 Test(node_malformed, oversized_body_is_413_before_the_body_arrives)
@@ -214,6 +225,7 @@ Test(node_malformed, oversized_body_is_413_before_the_body_arrives)
 
     cr_assert_eq(rejected("body_too_large"), before + 2);
     assert_still_serves();
+    stop_clean();
 }
 
 Test(node_malformed, oversized_chunked_body_is_413)
@@ -246,6 +258,7 @@ Test(node_malformed, oversized_chunked_body_is_413)
     close(fd);
     cr_assert_eq(rejected("body_too_large"), before + 1);
     assert_still_serves();
+    stop_clean();
 }
 
 Test(node_malformed, stalled_headers_get_408_then_close)
@@ -269,6 +282,7 @@ Test(node_malformed, stalled_headers_get_408_then_close)
     close(fd);
     cr_assert_eq(rejected("timeout"), before + 1);
     assert_still_serves();
+    stop_clean();
 }
 
 Test(node_malformed, stalled_body_gets_408_then_close)
@@ -292,6 +306,7 @@ Test(node_malformed, stalled_body_gets_408_then_close)
     cr_assert_eq(r.status, 404);
     th_resp_free(&r);
     assert_still_serves();
+    stop_clean();
 }
 
 Test(node_malformed, trickled_request_still_times_out)
@@ -319,6 +334,7 @@ Test(node_malformed, trickled_request_still_times_out)
     th_resp_free(&r);
     close(fd);
     assert_still_serves();
+    stop_clean();
 }
 
 Test(node_malformed, idle_keep_alive_connection_is_closed)
@@ -349,6 +365,7 @@ Test(node_malformed, idle_keep_alive_connection_is_closed)
 
     cr_assert_geq(rejected("idle_closed"), before + 1);
     assert_still_serves();
+    stop_clean();
 }
 
 Test(node_malformed, random_garbage_is_400_and_node_survives)
@@ -387,6 +404,7 @@ Test(node_malformed, random_garbage_is_400_and_node_survives)
 
     cr_assert_eq(rejected("malformed"), before + rounds + 1);
     assert_still_serves();
+    stop_clean();
 }
 
 static void put_key_of(size_t klen, bool encode_all, int want_status, const char *want_code)
@@ -431,6 +449,7 @@ Test(node_malformed, key_length_limits)
     double n414 = th_metric(g_node.port, "kv_http_requests_total", "status=\"414\"");
     cr_assert_eq(n414, 3, "414 answers counted %g, want 3", n414);
     assert_still_serves();
+    stop_clean();
 }
 
 Test(node_malformed, thousand_connections_all_served, .timeout = 90)
@@ -470,6 +489,7 @@ Test(node_malformed, thousand_connections_all_served, .timeout = 90)
     cr_assert_leq(open, 1, "kv_http_connections still %g after closing all", open);
     cr_assert_eq(rejected("too_many_connections"), 0);
     assert_still_serves();
+    stop_clean();
 }
 
 /* Read the answer of a connection over the limit: the server may answer at once or only
@@ -536,4 +556,5 @@ Test(node_malformed, connections_over_the_limit_get_503)
     cr_assert_eq(status, 200, "slots never freed after closing the held connections");
     cr_assert_eq(rejected("too_many_connections"), 3);
     assert_still_serves();
+    stop_clean();
 }

@@ -1177,3 +1177,26 @@ bool th_is_problem(const th_resp *r, int status, const char *code, char *why, si
     }
     return true;
 }
+
+bool th_log_sanitizer_clean(const th_node *n)
+{
+    char *log = th_log_read(n);
+    bool dirty = strstr(log, "ERROR: AddressSanitizer") != NULL ||
+                 strstr(log, "ERROR: LeakSanitizer") != NULL ||
+                 strstr(log, "runtime error:") != NULL;
+    free(log);
+    return !dirty;
+}
+
+bool th_node_stop_clean(th_node *n, int timeout_ms)
+{
+    if (n->pid <= 0 || n->exited)
+        return true;
+    int st = th_node_stop(n, timeout_ms);
+    bool ok = st == 0 && th_log_sanitizer_clean(n);
+    if (!ok) {
+        fprintf(stderr, "harness: node pid %d ended with status %d on SIGTERM\n", (int)n->pid, st);
+        th_dump_log(n);
+    }
+    return ok;
+}

@@ -67,6 +67,16 @@ bool th_log_wait(const th_node *n, const char *needle, int timeout_ms);
 /* The node's whole log (malloc'ed, NUL-terminated; "" if unreadable). Caller frees. */
 char *th_log_read(const th_node *n);
 
+/* True if the node's log has no AddressSanitizer / LeakSanitizer / UBSan report. */
+bool th_log_sanitizer_clean(const th_node *n);
+
+/*
+ * For fini hooks: if n was started and is still running, stop it with SIGTERM (up to
+ * timeout_ms) and return true only if it exited 0 and its log has no sanitizer report;
+ * prints the log otherwise. Returns true when there was nothing to stop.
+ */
+bool th_node_stop_clean(th_node *n, int timeout_ms);
+
 /* Wait for the process to exit by itself (no signal sent). True if it exited in time;
  * n->exit_status then holds the status. */
 bool th_node_wait_exit(th_node *n, int timeout_ms);
