@@ -613,6 +613,34 @@ static char *req_partial(size_t *len)
     return buf;
 }
 
+static char *req_put_big_headers(size_t *len)
+{
+    size_t fill = 20 * 1024;
+    const char *head = "PUT /v1/kv/greeting HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1\r\n"
+                       "X-Filler: ";
+    char *buf = malloc(strlen(head) + fill + 8);
+    cr_assert_not_null(buf);
+    size_t n = strlen(head);
+    memcpy(buf, head, n);
+    memset(buf + n, 'h', fill);
+    n += fill;
+    memcpy(buf + n, "\r\n\r\nx", 5);
+    *len = n + 5;
+    return buf;
+}
+
+static char *req_put_partial_body(size_t *len)
+{
+    /* Headers complete, body 3 of 10 bytes: the body, too, must arrive in time. */
+    static const char part[] =
+        "PUT /v1/kv/slow HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10\r\n\r\nabc";
+    *len = sizeof part - 1;
+    char *buf = malloc(sizeof part);
+    cr_assert_not_null(buf);
+    memcpy(buf, part, sizeof part);
+    return buf;
+}
+
 typedef struct contract_case {
     const char *op_id;           /* the operation whose responses document the answer */
     const char *what;            /* for messages */
@@ -641,6 +669,10 @@ static const contract_case k_cases[] = {
      NULL},
     {"putKey", "put a value over limits.max_value", NULL, NULL, NULL, req_big_value, 413,
      "value_too_large", NULL},
+    {"putKey", "put with 20 KiB of headers", NULL, NULL, NULL, req_put_big_headers, 431,
+     "headers_too_large", NULL},
+    {"putKey", "a put whose body never finishes arriving", NULL, NULL, NULL, req_put_partial_body,
+     408, "request_timeout", NULL},
     {"putKey", "put under a badly encoded key", "PUT", "/v1/kv/bad%G1", "x", NULL, 400,
      "invalid_key", NULL},
 
