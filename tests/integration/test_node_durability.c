@@ -85,20 +85,20 @@ static void verify_all(int port, const char *prefix, int n, const bool *skip)
             fprintf(m, "GET /v1/kv/%s HTTP/1.1\r\nHost: x\r\n\r\n", key);
         }
         fclose(m);
-        cr_assert_eq(th_send_all(fd, buf, blen), 0);
+        TH_CHECK(th_send_all(fd, buf, blen) == 0, "send of GET batch failed");
         free(buf);
         for (int i = base; i < end; i++) {
             if (skip && skip[i])
                 continue;
             th_resp r;
-            cr_assert_eq(th_read_resp(fd, &r, 10000), 0, "GET %s-%05d: no response", prefix, i);
+            TH_CHECK(th_read_resp(fd, &r, 10000) == 0, "GET %s-%05d: no response", prefix, i);
             unsigned char want[400];
             size_t wlen = value_of(i, want);
-            cr_assert_eq(r.status, 200, "acknowledged key %s-%05d lost: status %d", prefix, i,
-                         r.status);
-            cr_assert(r.body_len == wlen && memcmp(r.body, want, wlen) == 0,
-                      "key %s-%05d has a wrong value (%zu bytes, want %zu)", prefix, i, r.body_len,
-                      wlen);
+            TH_CHECK(r.status == 200, "acknowledged key %s-%05d lost: status %d", prefix, i,
+                     r.status);
+            TH_CHECK(r.body_len == wlen && memcmp(r.body, want, wlen) == 0,
+                     "key %s-%05d has a wrong value (%zu bytes, want %zu)", prefix, i, r.body_len,
+                     wlen);
             th_resp_free(&r);
         }
     }
@@ -131,16 +131,16 @@ static void write_all(int port, const char *prefix, int n, int nconns)
             }
             fclose(m);
             if (blen > 0)
-                cr_assert_eq(th_send_all(fds[c], buf, blen), 0);
+                TH_CHECK(th_send_all(fds[c], buf, blen) == 0, "send of PUT batch failed");
             free(buf);
         }
         for (int c = 0; c < nconns; c++) {
             for (int j = 0; j < cnt[c]; j++) {
                 th_resp r;
                 int i = base + c * per + j;
-                cr_assert_eq(th_read_resp(fds[c], &r, 20000), 0, "PUT %s-%05d: no response", prefix,
-                             i);
-                cr_assert_eq(r.status, 204, "PUT %s-%05d: %d %s", prefix, i, r.status, r.body);
+                TH_CHECK(th_read_resp(fds[c], &r, 20000) == 0, "PUT %s-%05d: no response", prefix,
+                         i);
+                TH_CHECK(r.status == 204, "PUT %s-%05d: %d %s", prefix, i, r.status, r.body);
                 th_resp_free(&r);
             }
         }
