@@ -18,7 +18,12 @@ typedef struct kv_metrics kv_metrics;
 kv_metrics *kv_metrics_new(void);
 void kv_metrics_free(kv_metrics *m);
 
-/* One answered HTTP request. route and method are static strings. */
+/*
+ * One answered HTTP request: counts kv_http_requests_total{route,method,status} and
+ * observes kv_http_request_duration_seconds{route}, a histogram with fixed buckets
+ * 0.0001, 0.00025, 0.0005, 0.001, ... 2.5, 5, 10 seconds and +Inf. route and method
+ * are static strings (kept by pointer); route NULL counts as "invalid".
+ */
 void kv_metrics_observe_request(kv_metrics *m, const char *route, const char *method, int status,
                                 double seconds);
 
@@ -30,10 +35,15 @@ void kv_metrics_observe_request(kv_metrics *m, const char *route, const char *me
 void kv_metrics_count(kv_metrics *m, const char *name, const char *help, const char *label,
                       const char *value, uint64_t by);
 
-/* Set a gauge (unlabelled). */
+/* Set a gauge (unlabelled). name and help are static strings. */
 void kv_metrics_gauge(kv_metrics *m, const char *name, const char *help, double value);
 
-/* Append the whole registry in Prometheus text exposition format 0.0.4 to out. */
+/*
+ * Append the whole registry in Prometheus text exposition format 0.0.4 to out: request
+ * counters, duration histograms, then counters and gauges in the order first seen, each
+ * family with its # HELP and # TYPE lines. A caller appending more families (store
+ * gauges) must use other names. KV_OK, KV_EINVAL, or KV_ENOMEM.
+ */
 int kv_metrics_render(const kv_metrics *m, kv_buf *out);
 
 #endif
