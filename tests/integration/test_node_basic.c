@@ -11,6 +11,8 @@
 
 #include <criterion/criterion.h>
 #include <ctype.h>
+#include <poll.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -462,5 +464,48 @@ Test(node_basic, ttl_expires_key)
         th_resp_free(&r);
     }
     get_missing("/v1/kv/k");
+    stop_clean();
+}
+
+Test(node_basic, chunked_request_body_is_assembled)
+{
+    int fd = th_connect(g_node.port, 5000);
+    cr_assert_geq(fd, 0);
+    const char req[] =
+        "PUT /v1/kv/chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "5\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\n\r\n";
+    cr_assert_eq(th_send_all(fd, req, sizeof req - 1), 0);
+    th_resp r;
+    cr_assert_eq(th_read_resp(fd, &r, 5000), 0);
+    cr_assert_eq(r.status, 204, "chunked PUT: %d %s", r.status, r.body);
+    th_resp_free(&r);
+    close(fd);
+    get_expect("/v1/kv/chunked", "hello world", 11);
+    stop_clean();
+}
+
+Test(node_basic, expect_100_continue_is_answered)
+{
+    /* curl sends "Expect: 100-continue" for bodies over 1 KiB and waits for the interim
+     * answer before sending the body. */
+    int fd = th_connect(g_node.port, 5000);
+    cr_assert_geq(fd, 0);
+    const char head[] = "PUT /v1/kv/cont HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+                        "Expect: 100-continue\r\n\r\n";
+    cr_assert_eq(th_send_all(fd, head, sizeof head - 1), 0);
+    char buf[64] = "";
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    cr_assert_eq(poll(&p, 1, 2000), 1, "no 100 Continue within 2 s");
+    ssize_t n = recv(fd, buf, sizeof buf - 1, MSG_PEEK);
+    cr_assert_gt(n, 0);
+    cr_assert(strncmp(buf, "HTTP/1.1 100", 12) == 0, "got '%.*s' instead of 100 Continue", (int)n,
+              buf);
+    cr_assert_eq(th_send_all(fd, "data", 4), 0);
+    th_resp r;
+    cr_assert_eq(th_read_resp(fd, &r, 5000), 0); /* skips the interim response */
+    cr_assert_eq(r.status, 204, "PUT after 100 Continue: %d", r.status);
+    th_resp_free(&r);
+    close(fd);
+    get_expect("/v1/kv/cont", "data", 4);
     stop_clean();
 }
