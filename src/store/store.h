@@ -33,25 +33,27 @@ typedef struct kv_version {
 } kv_version;
 
 typedef struct kv_store_opts {
-    const char *dir;            /* data directory; created if missing */
+    const char *dir; /* data directory; created if missing */
     kv_sync_mode sync;
-    uint64_t sync_interval_ms;  /* KV_SYNC_INTERVAL period */
-    uint64_t segment_bytes;     /* rotate the active segment past this size */
-    uint32_t max_key;           /* keys longer are refused with KV_ETOOBIG */
-    uint64_t max_value;         /* values longer are refused with KV_ETOOBIG */
-    uint32_t node_id;           /* goes into every version this store assigns */
+    uint64_t sync_interval_ms; /* KV_SYNC_INTERVAL period */
+    uint64_t segment_bytes;    /* rotate the active segment past this size */
+    uint32_t max_key;          /* keys longer are refused with KV_ETOOBIG */
+    uint64_t max_value;        /* values longer are refused with KV_ETOOBIG */
+    uint32_t node_id;          /* goes into every version this store assigns */
 } kv_store_opts;
 
 typedef struct kv_store_stats {
-    uint64_t keys;              /* live keys (not deleted, not expired at last look) */
-    uint64_t live_bytes;        /* key + value bytes of live keys */
-    uint64_t disk_bytes;        /* total size of all segments */
+    uint64_t keys;       /* live keys (not deleted, not expired at last look) */
+    uint64_t live_bytes; /* key + value bytes of live keys */
+    uint64_t disk_bytes; /* total size of all segments */
     uint64_t segments;
     uint64_t puts, deletes, gets;
-    uint64_t corrupt_records;   /* records skipped or truncated on open */
-    uint64_t truncated_bytes;   /* torn-tail bytes removed on open */
-    uint64_t write_errors;      /* writes refused because disk I/O failed */
-    uint64_t fsyncs;
+    uint64_t corrupt_records; /* records skipped or truncated on open */
+    uint64_t truncated_bytes; /* torn-tail bytes removed on open */
+    uint64_t write_errors;    /* writes refused because disk I/O failed */
+    uint64_t fsyncs;          /* fsync rounds (one round covers a whole commit group) */
+    uint64_t sync_errors;     /* fsync rounds that failed */
+    uint64_t corrupt_reads;   /* store_get found the bytes on disk damaged */
 } kv_store_stats;
 
 /*
@@ -96,5 +98,12 @@ void store_stats(const kv_store *s, kv_store_stats *out);
  * loop until done fires.
  */
 void store_close(kv_store *s, void (*done)(void *arg), void *arg);
+
+/*
+ * Test hook (fault injection): the next fsync round reports errno err as if the disk had
+ * failed, after really syncing. Lets tests prove that failed durable writes are reported,
+ * invisible and cut off the log. Not for production code.
+ */
+void store_debug_fail_next_sync(kv_store *s, int err);
 
 #endif
