@@ -341,6 +341,79 @@ Test(node_durability, corrupt_last_record_is_dropped_not_served)
     cr_assert_eq(th_node_stop(&n, 10000), 0);
 }
 
+/* PUT path=val; returns the ETag (asserts 204). */
+static void put_etag(int port, const char *path, const char *val, char *etag, size_t cap)
+{
+    th_resp r;
+    cr_assert_eq(th_http(port, "PUT", path, val, strlen(val), &r), 0, "PUT %s", path);
+    cr_assert_eq(r.status, 204, "PUT %s: %d %s", path, r.status, r.body);
+    cr_assert(th_resp_header(&r, "ETag", etag, cap), "PUT %s: no ETag", path);
+    th_resp_free(&r);
+}
+
+/* GET path: status, and the body / ETag when 200. */
+static int get_val(int port, const char *path, char *val, size_t vcap, char *etag, size_t ecap)
+{
+    th_resp r;
+    cr_assert_eq(th_http(port, "GET", path, NULL, 0, &r), 0, "GET %s", path);
+    int st = r.status;
+    if (st == 200) {
+        snprintf(val, vcap, "%s", r.body);
+        if (etag != NULL)
+            th_resp_header(&r, "ETag", etag, ecap);
+    }
+    th_resp_free(&r);
+    return st;
+}
+
+Test(node_durability, overwrites_deletes_ttls_and_versions_survive_restart)
+{
+    const char *args[] = {"--storage.sync", "always", NULL};
+    th_node n;
+    start(&n, args);
+    char e1[128], e2[128], tmp[128], val[256], etag[128];
+    put_etag(n.port, "/v1/kv/over", "first", e1, sizeof e1);
+    put_etag(n.port, "/v1/kv/over", "second", e2, sizeof e2);
+    put_etag(n.port, "/v1/kv/gone", "doomed", tmp, sizeof tmp);
+    th_resp r;
+    cr_assert_eq(th_http(n.port, "DELETE", "/v1/kv/gone", NULL, 0, &r), 0);
+    cr_assert_eq(r.status, 204);
+    th_resp_free(&r);
+    cr_assert_eq(th_http(n.port, "PUT", "/v1/kv/short?ttl=1", "brief", 5, &r), 0);
+    cr_assert_eq(r.status, 204);
+    th_resp_free(&r);
+    cr_assert_eq(th_http(n.port, "PUT", "/v1/kv/long?ttl=3600", "lasting", 7, &r), 0);
+    cr_assert_eq(r.status, 204);
+    th_resp_free(&r);
+    /* Let the short TTL run out before the crash (poll with a deadline). */
+    int64_t deadline = th_now_ms() + 4000;
+    while (get_val(n.port, "/v1/kv/short", val, sizeof val, NULL, 0) == 200) {
+        cr_assert_lt(th_now_ms(), deadline, "ttl=1 key still there after 4 s");
+        usleep(50 * 1000);
+    }
+    th_node_kill9(&n);
+
+    start(&n, args);
+    cr_assert_eq(get_val(n.port, "/v1/kv/over", val, sizeof val, etag, sizeof etag), 200);
+    cr_assert_str_eq(val, "second", "an older version won after restart: %s", val);
+    cr_assert_str_eq(etag, e2, "the version changed across restart: %s, was %s", etag, e2);
+    cr_assert_eq(get_val(n.port, "/v1/kv/gone", val, sizeof val, NULL, 0), 404,
+                 "a deleted key came back after restart: %s", val);
+    cr_assert_eq(get_val(n.port, "/v1/kv/short", val, sizeof val, NULL, 0), 404,
+                 "an expired key came back after restart");
+    cr_assert_eq(get_val(n.port, "/v1/kv/long", val, sizeof val, NULL, 0), 200,
+                 "a key with a long ttl was lost");
+    cr_assert_str_eq(val, "lasting");
+    cr_assert_eq(th_metric(n.port, "kv_store_keys", NULL), 2, "live keys after restart");
+
+    /* The version clock never goes backwards across a restart. */
+    char e3[128];
+    put_etag(n.port, "/v1/kv/over", "third", e3, sizeof e3);
+    unsigned long long ts2 = strtoull(e2 + 1, NULL, 10), ts3 = strtoull(e3 + 1, NULL, 10);
+    cr_assert_gt(ts3, ts2, "new version %s is not after the pre-restart one %s", e3, e2);
+    cr_assert_eq(th_node_stop(&n, 10000), 0);
+}
+
 /* ---- graceful shutdown with requests in flight ---- */
 
 enum { GT_THREADS = 4, GT_MAX = 20000 };
