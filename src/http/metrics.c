@@ -209,6 +209,25 @@ void kv_metrics_count(kv_metrics *m, const char *name, const char *help, const c
     f->series[f->n++] = (counter_series){.value = copy, .n = by};
 }
 
+void kv_metrics_counter_set(kv_metrics *m, const char *name, const char *help, uint64_t value)
+{
+    if (!m || !name)
+        return;
+    /* Make sure the series exists, then overwrite its value. */
+    kv_metrics_count(m, name, help, NULL, NULL, 0);
+    for (size_t i = 0; i < m->nfamilies; i++) {
+        counter_family *f = &m->families[i];
+        if (!same(f->name, name))
+            continue;
+        for (size_t j = 0; j < f->n; j++) {
+            if (f->series[j].value == NULL) {
+                f->series[j].n = value;
+                return;
+            }
+        }
+    }
+}
+
 void kv_metrics_gauge(kv_metrics *m, const char *name, const char *help, double value)
 {
     if (!m || !name)

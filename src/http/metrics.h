@@ -35,6 +35,13 @@ void kv_metrics_observe_request(kv_metrics *m, const char *route, const char *me
 void kv_metrics_count(kv_metrics *m, const char *name, const char *help, const char *label,
                       const char *value, uint64_t by);
 
+/*
+ * Set the unlabelled counter name to value: for totals another module keeps itself
+ * (kv_store_fsyncs_total, ...), so they render with # TYPE counter. name and help are
+ * static strings.
+ */
+void kv_metrics_counter_set(kv_metrics *m, const char *name, const char *help, uint64_t value);
+
 /* Set a gauge (unlabelled). name and help are static strings. */
 void kv_metrics_gauge(kv_metrics *m, const char *name, const char *help, double value);
 

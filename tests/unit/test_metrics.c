@@ -139,6 +139,20 @@ Test(metrics, labelled_and_plain_counters)
     kv_metrics_free(m);
 }
 
+Test(metrics, counter_set_mirrors_a_total)
+{
+    kv_metrics *m = kv_metrics_new();
+    kv_metrics_counter_set(m, "kv_store_fsyncs_total", "fsync calls made.", 7);
+    kv_metrics_counter_set(m, "kv_store_fsyncs_total", "fsync calls made.", 9);
+    char *t = render(m);
+    cr_assert(strstr(t, "# HELP kv_store_fsyncs_total fsync calls made.\n"
+                        "# TYPE kv_store_fsyncs_total counter\n"
+                        "kv_store_fsyncs_total 9\n"),
+              "%s", t);
+    free(t);
+    kv_metrics_free(m);
+}
+
 Test(metrics, label_values_and_help_are_escaped)
 {
     kv_metrics *m = kv_metrics_new();
