@@ -509,3 +509,84 @@ Test(node_basic, expect_100_continue_is_answered)
     get_expect("/v1/kv/cont", "data", 4);
     stop_clean();
 }
+
+Test(node_basic, value_of_exactly_the_default_max_is_accepted)
+{
+    size_t len = 1024 * 1024; /* limits.max_value default: 1 MiB */
+    unsigned char *v = malloc(len);
+    for (size_t i = 0; i < len; i++)
+        v[i] = (unsigned char)(i ^ (i >> 8));
+    put_ok("/v1/kv/mib", v, len, NULL, 0);
+    get_expect("/v1/kv/mib", v, len);
+    free(v);
+    th_resp r;
+    char why[300];
+    const char over[] = "PUT /v1/kv/mib2 HTTP/1.1\r\nHost: x\r\nContent-Length: 1048577\r\n\r\n";
+    cr_assert_eq(th_http_raw(g_node.port, over, sizeof over - 1, &r, 5000), 0);
+    cr_assert(th_is_problem(&r, 413, "value_too_large", why, sizeof why), "%s", why);
+    th_resp_free(&r);
+    stop_clean();
+}
+
+Test(node_basic, concurrent_overwrites_newest_version_wins)
+{
+    /* Four connections overwrite one key with pipelined PUTs; whatever order the node
+     * applies them in, a GET afterwards returns the write with the highest version. */
+    enum { CONNS = 4, PER = 25 };
+    int fds[CONNS];
+    for (int c = 0; c < CONNS; c++) {
+        fds[c] = th_connect(g_node.port, 5000);
+        cr_assert_geq(fds[c], 0);
+    }
+    for (int c = 0; c < CONNS; c++) {
+        char *buf = NULL;
+        size_t blen = 0;
+        FILE *m = open_memstream(&buf, &blen);
+        for (int j = 0; j < PER; j++) {
+            char v[32];
+            int vl = snprintf(v, sizeof v, "c%d-%d", c, j);
+            fprintf(m, "PUT /v1/kv/hot HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s", vl, v);
+        }
+        fclose(m);
+        cr_assert_eq(th_send_all(fds[c], buf, blen), 0);
+        free(buf);
+    }
+    unsigned long long best_ts = 0, best_node = 0;
+    char best_val[32] = "", best_etag[128] = "";
+    static char seen[CONNS * PER][128];
+    int nseen = 0;
+    for (int c = 0; c < CONNS; c++) {
+        for (int j = 0; j < PER; j++) {
+            th_resp r;
+            char etag[128] = "";
+            TH_CHECK(th_read_resp(fds[c], &r, 5000) == 0, "conn %d PUT %d: no response", c, j);
+            TH_CHECK(r.status == 204, "conn %d PUT %d: %d", c, j, r.status);
+            TH_CHECK(th_resp_header(&r, "ETag", etag, sizeof etag), "no ETag");
+            th_resp_free(&r);
+            for (int k = 0; k < nseen; k++)
+                TH_CHECK(strcmp(seen[k], etag) != 0, "two writes got the same version %s", etag);
+            snprintf(seen[nseen++], sizeof seen[0], "%s", etag);
+            char *dot = strchr(etag, '.');
+            TH_CHECK(dot != NULL, "ETag %s", etag);
+            unsigned long long ts = strtoull(etag + 1, NULL, 10);
+            unsigned long long node = strtoull(dot + 1, NULL, 10);
+            if (ts > best_ts || (ts == best_ts && node > best_node)) {
+                best_ts = ts;
+                best_node = node;
+                snprintf(best_val, sizeof best_val, "c%d-%d", c, j);
+                snprintf(best_etag, sizeof best_etag, "%s", etag);
+            }
+        }
+        close(fds[c]);
+    }
+    th_resp r;
+    char etag[128] = "";
+    cr_assert_eq(th_http(g_node.port, "GET", "/v1/kv/hot", NULL, 0, &r), 0);
+    cr_assert_eq(r.status, 200);
+    th_resp_header(&r, "ETag", etag, sizeof etag);
+    cr_assert_str_eq(r.body, best_val, "GET returned %s (ETag %s), newest write was %s (ETag %s)",
+                     r.body, etag, best_val, best_etag);
+    cr_assert_str_eq(etag, best_etag);
+    th_resp_free(&r);
+    stop_clean();
+}
