@@ -213,16 +213,10 @@ static const char *method_allow_get = "GET";
 
 static void respond_method_not_allowed(kv_http_req *req, const char *allow)
 {
-    /* kv_http_respond_problem takes no extra headers: build the problem body here. */
-    kv_buf body = KV_BUF_INIT;
-    kv_buf_printf(&body,
-                  "{\"type\":\"urn:kvstore:problem:method_not_allowed\",\"title\":\"Method not "
-                  "allowed\",\"status\":405,\"code\":\"method_not_allowed\",\"detail\":\"allowed "
-                  "methods: %s\"}",
-                  allow);
+    char detail[96];
+    snprintf(detail, sizeof(detail), "allowed methods: %s", allow);
     kv_http_header h[] = {{"Allow", allow}};
-    kv_http_respond(req, 405, "application/problem+json", h, 1, body.data, body.len);
-    kv_buf_free(&body);
+    kv_http_respond_problem_headers(req, 405, "method_not_allowed", detail, h, 1);
 }
 
 static void respond_json(kv_http_req *req, int status, const char *json)
@@ -370,17 +364,19 @@ static void add_store_gauges(kv_node *n)
     kv_metrics_gauge(n->metrics, "kv_store_disk_bytes", "Bytes of all segment files.",
                      (double)st.disk_bytes);
     kv_metrics_gauge(n->metrics, "kv_store_segments", "Segment files.", (double)st.segments);
-    /* Monotonic engine counters are exposed as gauges set from the engine's own totals
-     * (the registry has no "set counter"); their names keep the _total suffix users know. */
-    kv_metrics_gauge(n->metrics, "kv_store_corrupt_records_total",
-                     "Records skipped or truncated as corrupt since start.",
-                     (double)st.corrupt_records);
-    kv_metrics_gauge(n->metrics, "kv_store_truncated_bytes_total",
-                     "Torn-tail bytes removed at start.", (double)st.truncated_bytes);
-    kv_metrics_gauge(n->metrics, "kv_store_fsyncs_total", "fsync calls made.", (double)st.fsyncs);
-    kv_metrics_gauge(n->metrics, "kv_store_write_errors_total",
-                     "Writes refused because the disk failed or was full.",
-                     (double)st.write_errors);
+    kv_metrics_counter_set(n->metrics, "kv_store_corrupt_records_total",
+                           "Records skipped or truncated as corrupt since start.",
+                           st.corrupt_records);
+    kv_metrics_counter_set(n->metrics, "kv_store_corrupt_reads_total",
+                           "Reads that found damaged bytes on disk (answered 500, never served).",
+                           st.corrupt_reads);
+    kv_metrics_counter_set(n->metrics, "kv_store_truncated_bytes_total",
+                           "Torn-tail bytes removed at start.", st.truncated_bytes);
+    kv_metrics_counter_set(n->metrics, "kv_store_fsyncs_total", "fsync rounds made.", st.fsyncs);
+    kv_metrics_counter_set(n->metrics, "kv_store_write_errors_total",
+                           "Writes refused because the disk failed or was full.", st.write_errors);
+    kv_metrics_counter_set(n->metrics, "kv_store_sync_errors_total",
+                           "fsync rounds that failed (their writes were refused).", st.sync_errors);
 }
 
 static void handle_request(kv_http_req *req, void *arg)
