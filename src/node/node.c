@@ -551,9 +551,7 @@ int kv_node_main(const kv_config *cfg)
     int port = kv_http_server_port(n->http);
     snprintf(url, sizeof(url), "http://%s:%d",
              strcmp(cfg->server_host, "0.0.0.0") == 0 ? "127.0.0.1" : cfg->server_host, port);
-    kv_log_info("http listening", KV_STR("host", cfg->server_host), KV_INT("port", port),
-                KV_STR("url", url));
-    kv_log_info("node ready", KV_STR("name", cfg->node_name));
+    kv_log_info("node ready", KV_STR("name", cfg->node_name), KV_STR("url", url));
 
     uv_run(&n->loop, UV_RUN_DEFAULT);
 
