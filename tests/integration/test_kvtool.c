@@ -8,7 +8,7 @@
  * Each test starts its own node in a fresh temp dir and stops it by PID in fini.
  * Single-threaded.
  */
-#include "../support/harness.h"
+#include "harness.h"
 
 #include <criterion/criterion.h>
 #include <stdio.h>

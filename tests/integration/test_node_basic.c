@@ -7,7 +7,7 @@
  * Each test starts its own node in a fresh temp dir (init) and stops it by PID (fini),
  * also when an assertion failed. Single-threaded.
  */
-#include "../support/harness.h"
+#include "harness.h"
 
 #include <criterion/criterion.h>
 #include <ctype.h>

@@ -8,7 +8,7 @@
  * Each test works in a fresh temp dir; fini kills leftover processes by PID and removes it.
  * Single-threaded.
  */
-#include "../support/harness.h"
+#include "harness.h"
 
 #include <criterion/criterion.h>
 #include <stdio.h>

@@ -8,7 +8,7 @@
  * The graceful-shutdown test uses client threads (each with its own socket and results
  * array; assertions happen on the test thread after they are joined).
  */
-#include "../support/harness.h"
+#include "harness.h"
 
 #include <criterion/criterion.h>
 #include <dirent.h>

@@ -7,7 +7,7 @@
  * Each test starts its own node (with the limits it needs) in a fresh temp dir and stops
  * it by PID in fini, also when an assertion failed. Single-threaded.
  */
-#include "../support/harness.h"
+#include "harness.h"
 
 #include <criterion/criterion.h>
 #include <poll.h>

@@ -17,7 +17,7 @@
  *
  * Single-threaded test code (criterion runs each Test in its own process).
  */
-#include "../support/harness.h"
+#include "harness.h"
 
 #include <criterion/criterion.h>
 #include <ctype.h>
