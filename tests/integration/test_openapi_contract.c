@@ -481,7 +481,10 @@ static void problem_code(const th_resp *r, char *out, size_t cap)
     json_field f[16];
     int n = json_flat(r->body, r->body_len, f, 16);
     const json_field *c = n > 0 ? json_get(f, n, "code") : NULL;
-    snprintf(out, cap, "%s", c ? c->val : "");
+    const char *v = c ? c->val : "";
+    size_t l = strnlen(v, cap - 1);
+    memcpy(out, v, l);
+    out[l] = '\0';
 }
 
 /* ---------- the node under test ---------- */
