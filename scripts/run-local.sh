@@ -96,6 +96,13 @@ cmd_start() {
         fi
         sleep 0.2
     done
+    # Something answered: make sure it is our node and not another process on the port.
+    if ! kill -0 "$pid" 2>/dev/null; then
+        rm -f "$PIDFILE"
+        echo "run-local: the node exited (is another server on $HOST:$PORT?); last lines of ${LOG#"$ROOT"/}:" >&2
+        tail -n 30 "$LOG" >&2
+        return 1
+    fi
     print_usage_hints "$pid"
 }
 
