@@ -105,6 +105,27 @@ static const cfg_key keytab[] = {
     {.name = "cluster.seeds", .type = T_LIST, .def = "", .alias = "seeds",
      AT(cluster_seeds),
      .help = "host:port list of nodes to join through (comma-separated in env and flags)"},
+    {.name = "cluster.probe_interval", .type = T_DURATION, .def = "1s", .min = 10, .max = MS_MIN,
+     AT(cluster_probe_interval_ms),
+     .help = "SWIM protocol period: one member is probed per period"},
+    {.name = "cluster.probe_timeout", .type = T_DURATION, .def = "500ms", .min = 1, .max = MS_MIN,
+     AT(cluster_probe_timeout_ms),
+     .help = "wait this long for an ack before probing indirectly (at most probe_interval)"},
+    {.name = "cluster.indirect_probes", .type = T_INT, .def = "3", .min = 0, .max = 16,
+     AT(cluster_indirect_probes),
+     .help = "members asked to probe an unresponsive member on our behalf"},
+    {.name = "cluster.suspicion_mult", .type = T_INT, .def = "4", .min = 1, .max = 100,
+     AT(cluster_suspicion_mult),
+     .help = "suspicion timeout = suspicion_mult * log10(members) * probe_interval (at least)"},
+    {.name = "cluster.retransmit_mult", .type = T_INT, .def = "4", .min = 1, .max = 100,
+     AT(cluster_retransmit_mult),
+     .help = "each membership update is piggybacked retransmit_mult * log10(members+1) times"},
+    {.name = "cluster.pushpull_interval", .type = T_DURATION, .def = "30s", .min = 0,
+     .max = 24 * MS_H, AT(cluster_pushpull_interval_ms),
+     .help = "full membership sync with one random member this often (0 = off)"},
+    {.name = "cluster.leave_timeout", .type = T_DURATION, .def = "2s", .min = 0, .max = MS_MIN,
+     AT(cluster_leave_timeout_ms),
+     .help = "on SIGTERM, wait at most this long for the leave to reach other members"},
     {.name = "node.name", .type = T_STRING, .def = "", .alias = "name",
      AT(node_name),
      .help = "unique, human-readable node name (empty = host name + \"-\" + server.port)"},
@@ -1016,6 +1037,19 @@ static int cross_check(const kv_config *cfg, kv_buf *err)
                               qdesc, ndesc);
             return KV_ECONFIG;
         }
+    }
+    /* A probe that may outlive its period would overlap the next one. */
+    if (cfg->cluster_probe_timeout_ms > cfg->cluster_probe_interval_ms) {
+        int it = key_find("cluster.probe_timeout", strlen("cluster.probe_timeout"));
+        char desc[KV_CFG_STR_MAX + 16];
+        source_desc(desc, sizeof(desc), cfg->origin[it].source, cfg->origin[it].where);
+        if (err)
+            kv_buf_printf(err,
+                          "cluster.probe_timeout: %llums is longer than cluster.probe_interval "
+                          "(%llums) (%s)",
+                          (unsigned long long)cfg->cluster_probe_timeout_ms,
+                          (unsigned long long)cfg->cluster_probe_interval_ms, desc);
+        return KV_ECONFIG;
     }
     return KV_OK;
 }

@@ -41,6 +41,14 @@ typedef struct kv_config {
     int cluster_port;
     char cluster_advertise[256];
     char cluster_seeds[KV_CFG_STR_MAX]; /* comma-separated host:port list */
+    /* cluster timing: SWIM with Lifeguard (DESIGN §6), memberlist's LAN defaults */
+    uint64_t cluster_probe_interval_ms;    /* protocol period: one probe per period */
+    uint64_t cluster_probe_timeout_ms;     /* direct ack wait before indirect probes */
+    int cluster_indirect_probes;           /* members asked to probe on our behalf */
+    int cluster_suspicion_mult;            /* suspicion timeout = mult * log10(N) * period */
+    int cluster_retransmit_mult;           /* each update is piggybacked mult * log(N) times */
+    uint64_t cluster_pushpull_interval_ms; /* full-state sync with one member; 0 = off */
+    uint64_t cluster_leave_timeout_ms;     /* on SIGTERM: longest wait for the leave to spread */
     /* node.* */
     char node_name[128];
     char node_data_dir[KV_CFG_STR_MAX];
