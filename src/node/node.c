@@ -19,6 +19,7 @@
 #include "http/metrics.h"
 #include "http/server.h"
 #include "kvstore/error.h"
+#include "node/identity.h"
 #include "store/store.h"
 
 #include <errno.h>
@@ -49,6 +50,7 @@ typedef struct kv_node {
     kv_http_server *http;
     kv_metrics *metrics;
     node_state state;
+    kv_node_identity ident; /* NODE_ID and this start's incarnation (DESIGN §6) */
     int lock_fd;
     int exit_status;
 } kv_node;
@@ -491,7 +493,15 @@ int kv_node_main(const kv_config *cfg)
     if (node_lock_data_dir(n) != KV_OK)
         return 1;
 
-    int rc = uv_loop_init(&n->loop);
+    int rc = kv_node_identity_load(cfg->node_data_dir, &n->ident);
+    if (rc != KV_OK) {
+        close(n->lock_fd);
+        return 1;
+    }
+    kv_log_info("node identity", KV_STR("node_id", n->ident.hex),
+                KV_UINT("incarnation", n->ident.incarnation), KV_BOOL("new", n->ident.created));
+
+    rc = uv_loop_init(&n->loop);
     if (rc != 0) {
         kv_log_error("cannot create event loop", KV_STR("reason", uv_strerror(rc)));
         close(n->lock_fd);
@@ -506,7 +516,7 @@ int kv_node_main(const kv_config *cfg)
         .segment_bytes = cfg->storage_segment_bytes,
         .max_key = cfg->limits_max_key,
         .max_value = cfg->limits_max_value,
-        .node_id = 0, /* node ids arrive with membership (DESIGN §6) */
+        .node_id = kv_node_identity_short(&n->ident),
     };
     rc = store_open(&n->store, &n->loop, &so);
     if (rc != KV_OK) {
