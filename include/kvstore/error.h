@@ -29,6 +29,7 @@ typedef enum kv_err {
     KV_ESERVER = -15,    /* server answered with an error (5xx) */
     KV_EBADREQ = -16,    /* server rejected the request (4xx other than 404) */
     KV_EEXIST = -17,     /* already exists */
+    KV_ESTALE = -18,     /* conditional write refused: a newer or equal version is stored */
 } kv_err;
 
 /* A static, human-readable description of err; never NULL. */

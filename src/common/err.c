@@ -26,6 +26,7 @@ static const struct {
     {KV_ESERVER, "server_error", "server error"},
     {KV_EBADREQ, "bad_request", "request rejected by server"},
     {KV_EEXIST, "exists", "already exists"},
+    {KV_ESTALE, "stale_version", "a newer or equal version is already stored"},
 };
 
 const char *kv_strerror(int err)

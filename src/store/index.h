@@ -19,6 +19,7 @@
 
 #define STORE_LOC_TOMBSTONE 0x01 /* newest record is a delete */
 #define STORE_LOC_EXPIRED   0x02 /* found expired; no longer counted as live */
+#define STORE_LOC_PURGED    0x04 /* tombstone forgotten by store_purge */
 
 /* Where a key's newest record lives and what it says. */
 typedef struct store_loc {

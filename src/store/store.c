@@ -81,6 +81,7 @@
  */
 #include "store/store.h"
 
+#include "common/hash.h"
 #include "common/log.h"
 #include "kvstore/error.h"
 #include "store/crc32c.h"
@@ -994,7 +995,8 @@ static int append_record(kv_store *s, struct iovec *iov, int cnt, size_t len, ui
 }
 
 static int store_write(kv_store *s, uint8_t type, const void *key, size_t klen, const void *val,
-                       size_t vlen, uint64_t expiry_ms, store_write_cb cb, void *arg)
+                       size_t vlen, uint64_t expiry_ms, const kv_version *given, store_write_cb cb,
+                       void *arg)
 {
     if (!s || (!key && klen))
         return KV_EINVAL;
@@ -1009,6 +1011,20 @@ static int store_write(kv_store *s, uint8_t type, const void *key, size_t klen, 
     store_op *op = calloc(1, sizeof(*op));
     if (!op)
         return KV_ENOMEM;
+    if (given) {
+        if (given->ts > s->last_ts)
+            s->last_ts = given->ts;
+        store_entry *cur = store_index_find(&s->index, hash, key, klen);
+        if (cur && version_cmp(given->ts, given->node, cur->loc.ts, cur->loc.node) <= 0) {
+            op->cb = cb;
+            op->arg = arg;
+            op->status = KV_ESTALE;
+            op->ver = (kv_version){.ts = cur->loc.ts, .node = cur->loc.node};
+            s->st.applies_stale++;
+            complete_later(s, op);
+            return KV_OK;
+        }
+    }
     /* Take every allocation the index update can need before writing, so that once the
      * record is on disk nothing can stop it from becoming visible. */
     uint8_t *kcopy = NULL;
@@ -1023,7 +1039,7 @@ static int store_write(kv_store *s, uint8_t type, const void *key, size_t klen, 
         memcpy(kcopy, key, klen);
     }
 
-    kv_version ver = next_version(s);
+    kv_version ver = given ? *given : next_version(s);
     store_rec_hdr h = {
         .type = type,
         .klen = (uint16_t)klen,
@@ -1078,12 +1094,148 @@ static int store_write(kv_store *s, uint8_t type, const void *key, size_t klen, 
 int store_put(kv_store *s, const void *key, size_t klen, const void *val, size_t vlen,
               uint64_t expiry_ms, store_write_cb cb, void *arg)
 {
-    return store_write(s, STORE_REC_PUT, key, klen, val, vlen, expiry_ms, cb, arg);
+    return store_write(s, STORE_REC_PUT, key, klen, val, vlen, expiry_ms, NULL, cb, arg);
 }
 
 int store_delete(kv_store *s, const void *key, size_t klen, store_write_cb cb, void *arg)
 {
-    return store_write(s, STORE_REC_TOMBSTONE, key, klen, NULL, 0, 0, cb, arg);
+    return store_write(s, STORE_REC_TOMBSTONE, key, klen, NULL, 0, 0, NULL, cb, arg);
+}
+
+int store_apply(kv_store *s, const void *key, size_t klen, const void *val, size_t vlen,
+                uint64_t expiry_ms, const kv_version *ver, bool tombstone, store_write_cb cb,
+                void *arg)
+{
+    if (!ver)
+        return KV_EINVAL;
+    if (tombstone)
+        return store_write(s, STORE_REC_TOMBSTONE, key, klen, NULL, 0, 0, ver, cb, arg);
+    return store_write(s, STORE_REC_PUT, key, klen, val, vlen, expiry_ms, ver, cb, arg);
+}
+
+int store_get_meta(kv_store *s, const void *key, size_t klen, kv_store_meta *meta)
+{
+    if (!s || !meta || !key || klen == 0)
+        return KV_EINVAL;
+    uint32_t hash = store_index_hash(&s->index, key, klen);
+    store_entry *e = store_index_find(&s->index, hash, key, klen);
+    if (!e || (e->loc.flags & STORE_LOC_PURGED))
+        return KV_ENOTFOUND;
+    *meta = (kv_store_meta){
+        .ver = {.ts = e->loc.ts, .node = e->loc.node},
+        .expiry_ms = e->loc.expiry,
+        .vlen = e->loc.vlen,
+        .tombstone = (e->loc.flags & STORE_LOC_TOMBSTONE) != 0,
+        .expired = e->loc.expiry && e->loc.expiry <= wall_ms(),
+    };
+    return KV_OK;
+}
+
+int store_purge(kv_store *s, const void *key, size_t klen, const kv_version *upto)
+{
+    if (!s || !upto || !key || klen == 0)
+        return KV_EINVAL;
+    uint32_t hash = store_index_hash(&s->index, key, klen);
+    store_entry *e = store_index_find(&s->index, hash, key, klen);
+    if (!e || (e->loc.flags & STORE_LOC_PURGED))
+        return KV_ENOTFOUND;
+    if (!(e->loc.flags & STORE_LOC_TOMBSTONE) ||
+        version_cmp(e->loc.ts, e->loc.node, upto->ts, upto->node) > 0)
+        return KV_EEXIST;
+    e->loc.flags |= STORE_LOC_PURGED;
+    s->st.purges++;
+    return KV_OK;
+}
+
+static bool hash_in_range(uint64_t h, uint64_t lo, uint64_t hi)
+{
+    if (lo == hi)
+        return true;
+    if (lo < hi)
+        return h >= lo && h < hi;
+    return h >= lo || h < hi;
+}
+
+int store_range(kv_store *s, uint64_t lo, uint64_t hi, store_cursor *cur, size_t max_visit,
+                store_range_fn fn, void *arg)
+{
+    if (!s || !cur || !fn)
+        return KV_EINVAL;
+    if (max_visit == 0)
+        max_visit = 4096;
+    /* Interim: the cursor is a slot number (stable until the table grows). */
+    size_t pos = (size_t)cur->pos;
+    uint64_t now = wall_ms();
+    for (size_t n = 0; n < max_visit; n++) {
+        store_entry *e = store_index_next(&s->index, &pos);
+        if (!e) {
+            cur->done = true;
+            break;
+        }
+        if (e->loc.flags & STORE_LOC_PURGED)
+            continue;
+        uint64_t h = kv_ring_hash(e->key, e->klen);
+        if (!hash_in_range(h, lo, hi))
+            continue;
+        kv_store_item it = {
+            .key = e->key,
+            .klen = e->klen,
+            .hash = h,
+            .ver = {.ts = e->loc.ts, .node = e->loc.node},
+            .expiry_ms = e->loc.expiry,
+            .tombstone = (e->loc.flags & STORE_LOC_TOMBSTONE) != 0,
+            .expired = e->loc.expiry && e->loc.expiry <= now,
+        };
+        if (!fn(arg, &it))
+            break;
+    }
+    cur->pos = pos;
+    return KV_OK;
+}
+
+/* Interim: compaction is not implemented yet; completes at once with nothing done. */
+typedef struct compact_stub {
+    uv_idle_t idle;
+    store_compact_cb cb;
+    void *arg;
+} compact_stub;
+
+static void compact_stub_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void compact_stub_run(uv_idle_t *h)
+{
+    compact_stub *c = h->data;
+    kv_compact_stats st = {0};
+    uv_idle_stop(h);
+    if (c->cb)
+        c->cb(c->arg, KV_OK, &st);
+    uv_close((uv_handle_t *)h, compact_stub_closed);
+}
+
+int store_compact(kv_store *s, store_compact_cb cb, void *arg)
+{
+    if (!s)
+        return KV_EINVAL;
+    if (s->closing)
+        return KV_ECLOSED;
+    compact_stub *c = calloc(1, sizeof(*c));
+    if (!c)
+        return KV_ENOMEM;
+    c->cb = cb;
+    c->arg = arg;
+    uv_idle_init(s->loop, &c->idle);
+    c->idle.data = c;
+    uv_idle_start(&c->idle, compact_stub_run);
+    return KV_OK;
+}
+
+bool store_compacting(const kv_store *s)
+{
+    (void)s;
+    return false;
 }
 
 /* ---------- reads ---------- */
