@@ -2,7 +2,8 @@
 # setup-deps.sh — install the Debian packages kvstore needs, and only those not installed yet.
 #
 #   ./scripts/setup-deps.sh            build and run: compiler, cmake, the libraries, curl
-#   ./scripts/setup-deps.sh --test     also Node.js and npm (for the OpenAPI linter)
+#   ./scripts/setup-deps.sh --test     also Node.js and npm (for the OpenAPI linter), and clang
+#                                      with its libFuzzer runtime (for the fuzz tests)
 #
 # Runs `apt-get update` only when a package is missing and apt does not know it yet (or
 # the install fails on stale lists). Non-interactive: safe without a terminal (CI). Needs
@@ -12,13 +13,15 @@ set -euo pipefail
 # Why each one is needed is in the README ("Dependencies").
 PKGS=(build-essential cmake pkg-config libuv1-dev libnng-dev liblz4-dev libcbor-dev
     libcriterion-dev libhttp-parser-dev libyaml-dev curl)
+# Only for the tests: the fuzz targets (tests/fuzz) are built with clang -fsanitize=fuzzer.
+TEST_PKGS=(clang libclang-rt-14-dev)
 
 with_node=0
 for arg in "$@"; do
     case "$arg" in
     --test) with_node=1 ;;
     -h | --help)
-        sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
@@ -37,6 +40,9 @@ for p in "${PKGS[@]}"; do
     installed "$p" || missing+=("$p")
 done
 if [[ $with_node == 1 ]]; then
+    for p in "${TEST_PKGS[@]}"; do
+        installed "$p" || missing+=("$p")
+    done
     # Judge by the commands, not the package names: Node.js from another source (which
     # bundles npm) is fine, and adding Debian's npm next to it would conflict.
     command -v node >/dev/null 2>&1 || missing+=(nodejs)
