@@ -69,6 +69,9 @@ typedef struct kvb_stats {
     uint64_t missed;   /* open loop: due before the end but never started (overload) */
     uint64_t first_ns; /* earliest measured start (monotonic ns), UINT64_MAX if none */
     uint64_t last_ns;  /* latest measured completion */
+    /* The measured window in seconds, set by main after the phase: the duration (or the
+     * part of it before a stop); first start to last reply for --ops and the load. */
+    double seconds;
     kvb_hist hist[KVB_OP_KINDS];
     kvb_hist all;
 } kvb_stats;

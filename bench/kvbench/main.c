@@ -324,6 +324,7 @@ static bool run_phase(const kvb_cfg *cfg, kvb_phase phase, bool quiet, kvb_stats
         exit(1);
     }
     bool stopped = false, interrupted = false;
+    uint64_t stop_ns = UINT64_MAX;
     uint64_t last = t0, next = t0 + 1000000000ull;
     uint64_t warm_end = phase == KVB_PHASE_RUN ? t0 + cfg->warmup_ns : t0;
     for (;;) {
@@ -362,11 +363,20 @@ static bool run_phase(const kvb_cfg *cfg, kvb_phase phase, bool quiet, kvb_stats
         if (g_signalled && !stopped) {
             kvb_run_stop(run);
             stopped = interrupted = true;
+            stop_ns = kvb_now_ns();
         }
         struct timespec ts = {0, 10 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
     kvb_run_join(run, stats, first_error, cap);
+    if (phase == KVB_PHASE_RUN && cfg->duration_ns) {
+        /* Throughput is over the whole measured time, including seconds in which the
+         * target answered nothing. */
+        uint64_t end = warm_end + cfg->duration_ns;
+        if (interrupted && stop_ns < end)
+            end = stop_ns;
+        stats->seconds = end > warm_end ? (double)(end - warm_end) / 1e9 : 0.0;
+    }
     kvb_run_free(run);
     free(s);
     return interrupted;

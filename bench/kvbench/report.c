@@ -19,6 +19,8 @@
 
 double kvb_stats_seconds(const kvb_stats *s)
 {
+    if (s->seconds > 0)
+        return s->seconds;
     if (s->first_ns == UINT64_MAX || s->last_ns <= s->first_ns)
         return 0.0;
     return (double)(s->last_ns - s->first_ns) / 1e9;
@@ -39,7 +41,8 @@ static void mix_text(const kvb_mix *m, char *out, size_t cap)
              m->pct[KVB_OP_UPDATE], m->pct[KVB_OP_DELETE]);
 }
 
-/* "connect 3, timeout 1, http_503 2" or "none". */
+/* Failed operations by kind: "timeout 1, http_503 2" or "none" (connect errors are
+ * attempts, not operations, and are reported apart). */
 static void errors_text(const kvb_stats *s, kv_buf *b)
 {
     size_t start = b->len;
@@ -51,7 +54,7 @@ static void errors_text(const kvb_stats *s, kv_buf *b)
                                   s->http_status[c]);
             continue;
         }
-        if (s->errors[e])
+        if (s->errors[e] && e != KVB_E_CONNECT)
             kv_buf_printf(b, "%s%s %" PRIu64, b->len > start ? ", " : "",
                           kvb_errkind_name((kvb_errkind)e), s->errors[e]);
     }
@@ -115,6 +118,9 @@ void kvb_report_table(FILE *f, const kvb_report *r)
     fprintf(f, "\nthroughput %.0f ops/s; %" PRIu64 " ops measured, %" PRIu64 " failed (%s)\n",
             per_second(s->all.count, secs), kvb_stats_ops(s), kvb_stats_failed(s), eb.data);
     kv_buf_free(&eb);
+    if (s->errors[KVB_E_CONNECT])
+        fprintf(f, "connect errors: %" PRIu64 " failed attempts (kvbench retries with backoff)\n",
+                s->errors[KVB_E_CONNECT]);
     if (s->ok[KVB_OP_READ] + s->miss[KVB_OP_READ])
         fprintf(f, "reads: %" PRIu64 " found, %" PRIu64 " not found\n", s->ok[KVB_OP_READ],
                 s->miss[KVB_OP_READ]);
