@@ -125,7 +125,10 @@ typedef struct swim_mem {
     uint32_t susp_gen; /* matches the live timer-heap entry */
     uint32_t susp_k;   /* confirmations that bring the timeout to its minimum */
     uint32_t n_accusers;
-    swim_member_id accusers[SWIM_CONFIRM_MAX]; /* [0] = first accuser */
+    /* 32-bit hashes of the accusers' ids ([0] = the first): enough to tell distinct
+     * ones apart, and a quarter of the memory — a view of 1,000 members is held by
+     * every one of 1,000 simulated nodes */
+    uint32_t accusers[SWIM_CONFIRM_MAX];
 } swim_mem;
 
 typedef struct swim_bc {
@@ -508,6 +511,19 @@ static void swim_reset_effects(swim_t *s)
         s->st.effects_dropped += s->n_out - s->out_pos;
     s->n_out = s->out_pos = 0;
     s->n_upool = s->n_npool = s->n_spool = 0;
+    if (s->bc_queued == 0 && s->cap_bc > 256) {
+        /* the queue ran dry after a burst (a join wave): give the pool back */
+        free(s->bc);
+        s->bc = NULL;
+        s->n_bc = s->cap_bc = 0;
+        s->bc_free = SWIM_NONE;
+    }
+    if (s->cap_npool > 256) {
+        /* whole states are rare after convergence: do not hold one per core forever */
+        free(s->npool);
+        s->npool = NULL;
+        s->cap_npool = 0;
+    }
 }
 
 /* ---------- members: lookup ---------- */
@@ -1110,12 +1126,13 @@ static void swim_apply_alive(swim_t *s, uint64_t now, const swim_node *n, bool r
 /* Returns true if a new independent confirmation was recorded. */
 static bool swim_confirm(swim_t *s, swim_mem *m, const swim_member_id *from)
 {
+    uint32_t h = swim_id_hash32(from);
     for (uint32_t i = 0; i < m->n_accusers; i++)
-        if (swim_id_equal(&m->accusers[i], from))
+        if (m->accusers[i] == h)
             return false;
     if (m->n_accusers >= SWIM_CONFIRM_MAX || m->n_accusers > m->susp_k)
         return false; /* already at the minimum timeout; more changes nothing */
-    m->accusers[m->n_accusers++] = *from;
+    m->accusers[m->n_accusers++] = h;
     swim_susp_arm(s, m);
     return true;
 }
@@ -1147,7 +1164,7 @@ static void swim_apply_suspect(swim_t *s, uint64_t now, const swim_member_id *id
     m->susp_start = now;
     m->susp_k = swim_susp_k(s);
     m->n_accusers = 1;
-    m->accusers[0] = *from;
+    m->accusers[0] = swim_id_hash32(from);
     swim_susp_arm(s, m);
     if (swim_id_equal(from, &s->mem[0].pub.node.id))
         s->st.suspicions++;
@@ -1441,9 +1458,13 @@ static uint64_t swim_compute_deadline(swim_t *s)
         d = s->leave_done_at;
     if (s->n_heap && s->heap[0].when < d)
         d = s->heap[0].when;
-    if (s->grace_until > s->last_now && s->grace_until < d)
+    if (s->grace_until > s->last_now && d < s->grace_until) {
+        /* judgments are on hold until then; other timers ran in this tick */
         d = s->grace_until;
-    return d;
+    }
+    /* a deadline that has already passed (a confirmation shortened a suspicion) means
+     * "now": never report one in the past, or a tick would look late — a stall */
+    return d > s->last_now ? d : s->last_now;
 }
 
 /* Common prologue of every input. */
@@ -1836,6 +1857,12 @@ bool swim_pop_event(swim_t *s, swim_event *out)
     *out = s->ev[s->ev_head];
     s->ev_head = (s->ev_head + 1) % s->ev_cap;
     s->ev_len--;
+    if (s->ev_len == 0 && s->ev_cap > 256) {
+        /* a burst (a whole state merged) is over: do not keep its buffer */
+        free(s->ev);
+        s->ev = NULL;
+        s->ev_cap = s->ev_head = 0;
+    }
     return true;
 }
 

@@ -1,0 +1,304 @@
+/*
+ * simbench.c — the membership benchmark: runs the SWIM core (src/swim) in the
+ * deterministic simulator (tests/sim) for N = 10, 100, 1,000 and prints the table that
+ * README "Membership" reports. Not a ctest (the N = 100 bounds are tests/sim/test_sim.c).
+ *
+ *   simbench [--nodes 10,100,1000] [--seed S] [--crashes 20] [--minutes 10] [--quiet]
+ *
+ * One simulated cluster per N, 1 s protocol period (memberlist LAN defaults), one-way
+ * delay 1-3 ms, phases in order:
+ *   converge   node 0 starts alone; nodes 1..N-1 start spread over the first second and
+ *              each names node 0 as its only seed; time from the first start until
+ *              every node holds the same view with all N alive
+ *   traffic    2 simulated minutes of steady state: messages and bytes sent per node
+ *              per second (bytes as swim_msg_wire_bound, the codec's upper bound)
+ *   crash      C times: crash a random node, time until every running node holds it
+ *              dead; restart it (new incarnation, one seed), wait for the full view
+ *   loss 5%    M simulated minutes at 5% message loss: false positives (a running node
+ *              marked dead by anyone), suspicions of running nodes
+ *   loss 20%   the same at 20% loss
+ *   slow node  M minutes, no loss: one node stalls 3 s every 10 s (then gets its backlog
+ *              and a loop-lag report): times it was marked dead, others marked dead
+ *
+ * Single-threaded; everything derives from --seed, so a run is reproducible.
+ */
+#include "sim.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+typedef struct bench_opts {
+    uint32_t nodes[8];
+    size_t n_nodes;
+    uint64_t seed;
+    uint32_t crashes;
+    uint32_t minutes;
+    bool quiet;
+} bench_opts;
+
+typedef struct bench_row {
+    uint32_t n;
+    double converge_s; /* < 0: did not converge */
+    double msgs_per_node_s, bytes_per_node_s;
+    double crash_median_s, crash_max_s;
+    uint32_t crashes, crashes_undetected;
+    uint64_t fp_5, susp_5;
+    uint64_t fp_20, susp_20;
+    uint64_t slow_dead, slow_others_dead, slow_suspected;
+    double wall_s;
+} bench_row;
+
+static uint64_t bench_rng;
+
+static uint64_t bench_rand(void)
+{
+    uint64_t z = (bench_rng += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static double wall_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Run until the view converges or `limit_ms` passes; returns the time it took (ms) or
+ * UINT64_MAX. Checks every 50 ms of simulated time. */
+static uint64_t run_until_converged(sim_t *s, uint64_t limit_ms)
+{
+    uint64_t t0 = sim_now(s);
+    for (uint64_t t = t0; t <= t0 + limit_ms; t += 50) {
+        sim_run_until(s, t);
+        if (sim_converged(s))
+            return t - t0;
+    }
+    return UINT64_MAX;
+}
+
+static void log_phase(const bench_opts *o, uint32_t n, const char *what)
+{
+    if (!o->quiet)
+        fprintf(stderr, "simbench: N=%u %s\n", n, what);
+}
+
+static void bench_one(const bench_opts *o, uint32_t n, bench_row *row)
+{
+    double w0 = wall_now();
+    memset(row, 0, sizeof(*row));
+    row->n = n;
+    sim_config cfg;
+    sim_config_default(&cfg, n, o->seed ^ n);
+    sim_t *s = sim_new(&cfg);
+    if (!s) {
+        fprintf(stderr, "simbench: out of memory\n");
+        exit(1);
+    }
+
+    /* converge from one seed */
+    log_phase(o, n, "converge");
+    uint32_t seed0 = 0;
+    sim_start(s, 0, NULL, 0);
+    for (uint32_t i = 1; i < n; i++) {
+        sim_run_until(s, (uint64_t)i * 1000 / n);
+        sim_start(s, i, &seed0, 1);
+    }
+    uint64_t c = run_until_converged(s, 300000);
+    row->converge_s = c == UINT64_MAX ? -1 : (double)sim_now(s) / 1000.0;
+
+    /* steady-state traffic: let the join wave's gossip run out first */
+    log_phase(o, n, "traffic");
+    sim_run_until(s, sim_now(s) + 60000);
+    sim_traffic a, b;
+    sim_get_traffic(s, &a);
+    sim_run_until(s, sim_now(s) + 120000);
+    sim_get_traffic(s, &b);
+    double node_s = (double)(b.node_ms - a.node_ms) / 1000.0;
+    row->msgs_per_node_s = (double)(b.msgs - a.msgs) / node_s;
+    row->bytes_per_node_s = (double)(b.bytes - a.bytes) / node_s;
+
+    /* crashes */
+    log_phase(o, n, "crashes");
+    double *det = calloc(o->crashes ? o->crashes : 1, sizeof(*det));
+    uint32_t ndet = 0;
+    for (uint32_t k = 0; k < o->crashes; k++) {
+        uint32_t victim = 1 + (uint32_t)(bench_rand() % (n - 1));
+        sim_crash(s, victim);
+        uint64_t tc = sim_now(s), t;
+        bool seen = false;
+        for (t = tc; t <= tc + 180000; t += 10) {
+            sim_run_until(s, t);
+            if (sim_dead_count(s, victim) >= sim_running_count(s)) {
+                seen = true;
+                break;
+            }
+        }
+        if (seen)
+            det[ndet++] = (double)(t - tc) / 1000.0;
+        else
+            row->crashes_undetected++;
+        row->crashes++;
+        sim_run_until(s, sim_now(s) + 2000);
+        uint32_t seed = victim == 1 ? 2 : 1;
+        sim_start(s, victim, &seed, 1);
+        run_until_converged(s, 300000);
+        sim_run_until(s, sim_now(s) + 5000);
+    }
+    if (ndet) {
+        qsort(det, ndet, sizeof(*det), cmp_double);
+        row->crash_median_s = ndet % 2 ? det[ndet / 2] : (det[ndet / 2 - 1] + det[ndet / 2]) / 2.0;
+        row->crash_max_s = det[ndet - 1];
+    }
+    free(det);
+
+    /* false positives under loss */
+    uint64_t minutes_ms = (uint64_t)o->minutes * 60000;
+    const double losses[2] = {0.05, 0.20};
+    for (int li = 0; li < 2; li++) {
+        log_phase(o, n, li == 0 ? "loss 5%" : "loss 20%");
+        run_until_converged(s, 120000);
+        uint64_t fp0 = sim_false_positives(s), su0 = sim_accusations(s);
+        sim_set_loss(s, losses[li]);
+        sim_run_until(s, sim_now(s) + minutes_ms);
+        sim_set_loss(s, 0);
+        uint64_t su1 = sim_accusations(s);
+        if (li == 0) {
+            row->fp_5 = sim_false_positives(s) - fp0;
+            row->susp_5 = su1 - su0;
+        } else {
+            row->fp_20 = sim_false_positives(s) - fp0;
+            row->susp_20 = su1 - su0;
+        }
+    }
+
+    /* slow node */
+    log_phase(o, n, "slow node");
+    run_until_converged(s, 120000);
+    uint32_t slow = n / 2;
+    uint64_t fp0 = sim_false_positives(s), fps0 = sim_false_positives_about(s, slow);
+    swim_stats st0, st1;
+    swim_get_stats(sim_core(s, slow), &st0);
+    sim_set_slow(s, slow, sim_now(s) + 1000, 10000, 3000);
+    sim_run_until(s, sim_now(s) + minutes_ms);
+    sim_set_slow(s, slow, 0, 0, 0);
+    row->slow_dead = sim_false_positives_about(s, slow) - fps0;
+    row->slow_others_dead = (sim_false_positives(s) - fp0) - row->slow_dead;
+    swim_get_stats(sim_core(s, slow), &st1);
+    row->slow_suspected = st1.refutes - st0.refutes;
+
+    sim_free(s);
+    row->wall_s = wall_now() - w0;
+}
+
+static void print_table(const bench_opts *o, const bench_row *rows, size_t n)
+{
+    printf("simbench: seed %" PRIu64 ", 1 s protocol period, memberlist LAN defaults, "
+           "delay 1-3 ms; %u crashes, %u-minute loss and slow-node runs\n\n",
+           o->seed, o->crashes, o->minutes);
+    printf("| N | converge from 1 seed | crash known everywhere: median / max | "
+           "false positives 5%% loss | false positives 20%% loss | msgs / node / s | "
+           "bytes / node / s | slow node: marked dead / others marked dead | wall time |\n");
+    printf("|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for (size_t i = 0; i < n; i++) {
+        const bench_row *r = &rows[i];
+        char conv[32], crash[64];
+        if (r->converge_s < 0)
+            snprintf(conv, sizeof(conv), "not in 300 s");
+        else
+            snprintf(conv, sizeof(conv), "%.1f s", r->converge_s);
+        snprintf(crash, sizeof(crash), "%.1f s / %.1f s", r->crash_median_s, r->crash_max_s);
+        if (r->crashes_undetected)
+            snprintf(crash + strlen(crash), sizeof(crash) - strlen(crash), " (%u of %u undetected)",
+                     r->crashes_undetected, r->crashes);
+        printf("| %u | %s | %s | %" PRIu64 " (%" PRIu64 " suspicions) | %" PRIu64 " (%" PRIu64
+               " suspicions) | %.2f | %.0f | %" PRIu64 " / %" PRIu64 " (refuted %" PRIu64
+               " suspicions) | %.1f s |\n",
+               r->n, conv, crash, r->fp_5, r->susp_5, r->fp_20, r->susp_20, r->msgs_per_node_s,
+               r->bytes_per_node_s, r->slow_dead, r->slow_others_dead, r->slow_suspected,
+               r->wall_s);
+    }
+}
+
+static int parse_nodes(bench_opts *o, const char *arg)
+{
+    o->n_nodes = 0;
+    const char *p = arg;
+    while (*p && o->n_nodes < 8) {
+        char *end;
+        unsigned long v = strtoul(p, &end, 10);
+        if (end == p || v < 3 || v > SWIM_MAX_MEMBERS)
+            return -1;
+        o->nodes[o->n_nodes++] = (uint32_t)v;
+        p = *end == ',' ? end + 1 : end;
+        if (*end && *end != ',')
+            return -1;
+    }
+    return o->n_nodes ? 0 : -1;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: simbench [--nodes 10,100,1000] [--seed S] [--crashes C] [--minutes M] "
+            "[--quiet]\n"
+            "Simulates SWIM clusters (tests/sim) and prints the membership table of "
+            "README \"Membership\".\n"
+            "  --nodes    cluster sizes, comma-separated, 3..%d (default 10,100,1000)\n"
+            "  --seed     random seed; the same seed gives the same table (default 1)\n"
+            "  --crashes  crash/restart cycles per size (default 20)\n"
+            "  --minutes  simulated minutes per loss and slow-node run (default 10)\n"
+            "  --quiet    no progress lines on stderr\n",
+            SWIM_MAX_MEMBERS);
+}
+
+int main(int argc, char **argv)
+{
+    bench_opts o = {
+        .nodes = {10, 100, 1000}, .n_nodes = 3, .seed = 1, .crashes = 20, .minutes = 10};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 0;
+        } else if (!strcmp(a, "--quiet")) {
+            o.quiet = true;
+        } else if (!strcmp(a, "--nodes") && v) {
+            if (parse_nodes(&o, v) != 0) {
+                fprintf(stderr, "simbench: bad --nodes '%s'\n", v);
+                return 2;
+            }
+            i++;
+        } else if (!strcmp(a, "--seed") && v) {
+            o.seed = strtoull(v, NULL, 10);
+            i++;
+        } else if (!strcmp(a, "--crashes") && v) {
+            o.crashes = (uint32_t)strtoul(v, NULL, 10);
+            i++;
+        } else if (!strcmp(a, "--minutes") && v) {
+            o.minutes = (uint32_t)strtoul(v, NULL, 10);
+            i++;
+        } else {
+            fprintf(stderr, "simbench: unknown argument '%s'\n", a);
+            usage(stderr);
+            return 2;
+        }
+    }
+    bench_rng = o.seed;
+    bench_row rows[8];
+    for (size_t i = 0; i < o.n_nodes; i++)
+        bench_one(&o, o.nodes[i], &rows[i]);
+    print_table(&o, rows, o.n_nodes);
+    return 0;
+}
