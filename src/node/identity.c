@@ -1,6 +1,6 @@
 /*
- * identity.c — NODE_ID and INCARNATION in the data directory (see identity.h). Main
- * thread, before the loop starts: the writes fsync.
+ * identity.c — NODE_ID and INCARNATION in the data directory (see identity.h). The
+ * writes fsync: main thread before the loop starts, or a worker thread.
  */
 #include "node/identity.h"
 
@@ -227,6 +227,13 @@ int kv_node_identity_load(const char *dir, kv_node_identity *out)
         return rc;
     *out = id;
     return KV_OK;
+}
+
+int kv_node_identity_store_incarnation(const char *dir, uint64_t incarnation)
+{
+    char text[32];
+    snprintf(text, sizeof(text), "%" PRIu64 "\n", incarnation);
+    return ident_write(dir, "INCARNATION", text);
 }
 
 uint32_t kv_node_identity_short(const kv_node_identity *ident)

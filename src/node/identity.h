@@ -1,8 +1,9 @@
 /*
  * identity.h — a node's identity, kept in its data directory: the node id (created once,
  * random 128 bits) and the incarnation (bumped on every start, so a restarted node comes
- * back with a higher one than any it announced before). Main thread, before the loop
- * starts (it fsyncs).
+ * back with a higher one than any it announced before). kv_node_identity_load runs on the
+ * main thread before the loop starts; kv_node_identity_store_incarnation on a worker
+ * thread (both fsync).
  *
  * Files (each written as <name>.tmp, fsync, rename, fsync of the directory, so a crash
  * leaves either the old or the new content, never a torn one):
@@ -32,6 +33,12 @@ typedef struct kv_node_identity {
  * Other failures: KV_EIO (logged). *out is written only on success.
  */
 int kv_node_identity_load(const char *dir, kv_node_identity *out);
+
+/*
+ * Persist incarnation as <dir>/INCARNATION (temp + fsync + rename + fsync dir). Blocking:
+ * call from a worker thread (uv_queue_work), never on the loop. KV_OK or KV_EIO (logged).
+ */
+int kv_node_identity_store_incarnation(const char *dir, uint64_t incarnation);
 
 /* The 32-bit id the storage engine writes into versions: the first 4 id bytes, big
  * endian; never 0 (0 means "no node"). */

@@ -20,6 +20,7 @@
 #include "http/server.h"
 #include "kvstore/error.h"
 #include "node/identity.h"
+#include "node/membership.h"
 #include "store/store.h"
 
 #include <errno.h>
@@ -51,6 +52,8 @@ typedef struct kv_node {
     kv_metrics *metrics;
     node_state state;
     kv_node_identity ident; /* NODE_ID and this start's incarnation (DESIGN §6) */
+    kv_membership *memb;    /* SWIM over nng (DESIGN §6) */
+    int shutdown_waits;     /* leave and HTTP drain, both run at once on SIGTERM */
     int lock_fd;
     int exit_status;
 } kv_node;
@@ -416,6 +419,8 @@ static void handle_request(kv_http_req *req, void *arg)
             return;
         }
         add_store_gauges(n);
+        if (n->memb)
+            kv_membership_publish_metrics(n->memb);
         kv_buf out = KV_BUF_INIT;
         if (kv_metrics_render(n->metrics, &out) != KV_OK) {
             kv_http_respond_problem(req, 500, "internal", "out of memory");
@@ -423,6 +428,20 @@ static void handle_request(kv_http_req *req, void *arg)
             kv_http_respond(req, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, 0, out.data,
                             out.len);
         }
+        kv_buf_free(&out);
+        return;
+    }
+    if (strcmp(p, "/v1/cluster/members") == 0) {
+        req->route = "cluster_members";
+        if (req->method != HTTP_GET) {
+            respond_method_not_allowed(req, method_allow_get);
+            return;
+        }
+        kv_buf out = KV_BUF_INIT;
+        if (kv_membership_members_json(n->memb, &out) != KV_OK)
+            kv_http_respond_problem(req, 500, "internal", "out of memory");
+        else
+            kv_http_respond(req, 200, "application/json", NULL, 0, out.data, out.len);
         kv_buf_free(&out);
         return;
     }
@@ -451,12 +470,32 @@ static void on_store_closed(void *arg)
     uv_close((uv_handle_t *)&n->sigterm, on_closed_handle);
 }
 
+static void on_membership_closed(void *arg)
+{
+    kv_node *n = arg;
+    n->memb = NULL;
+    store_close(n->store, on_store_closed, n);
+}
+
+/* The leave and the HTTP drain run at once; the last to finish closes the rest. */
+static void shutdown_step(kv_node *n)
+{
+    if (--n->shutdown_waits > 0)
+        return;
+    kv_membership_close(n->memb, on_membership_closed, n);
+}
+
+static void on_left(void *arg)
+{
+    shutdown_step(arg);
+}
+
 static void on_http_closed(void *arg)
 {
     kv_node *n = arg;
     n->http = NULL;
     kv_log_info("http server closed; in-flight requests finished");
-    store_close(n->store, on_store_closed, n);
+    shutdown_step(n);
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -470,6 +509,10 @@ static void on_signal(uv_signal_t *h, int signum)
     n->state = NODE_SHUTTING_DOWN;
     kv_log_info("shutting down", KV_STR("signal", strsignal(signum)),
                 KV_UINT("in_flight", kv_http_server_inflight(n->http)));
+    /* Tell the cluster first (bounded by cluster.leave_timeout) so that others mark us
+     * `left` rather than finding us dead, while in-flight requests drain. */
+    n->shutdown_waits = 2;
+    kv_membership_leave(n->memb, on_left, n);
     kv_http_server_close(n->http, on_http_closed, n);
 }
 
@@ -549,6 +592,12 @@ int kv_node_main(const kv_config *cfg)
                      KV_INT("port", cfg->server_port), KV_ERR(rc));
         goto fail;
     }
+    rc = kv_membership_start(&n->memb, &n->loop, cfg, &n->ident, n->metrics);
+    if (rc != KV_OK) {
+        kv_log_error("cannot start cluster membership", KV_STR("host", cfg->cluster_host),
+                     KV_INT("port", cfg->cluster_port), KV_ERR(rc));
+        goto fail;
+    }
 
     uv_signal_init(&n->loop, &n->sigint);
     uv_signal_init(&n->loop, &n->sigterm);
@@ -575,6 +624,8 @@ int kv_node_main(const kv_config *cfg)
 
 fail:
     /* Start-up failed before serving: close what was opened and drain the loop. */
+    if (n->memb)
+        kv_membership_close(n->memb, on_nothing, NULL);
     if (n->http)
         kv_http_server_close(n->http, on_nothing, NULL);
     if (n->store)

@@ -829,11 +829,28 @@ static void th_dump_log(const th_node *n)
     free(log);
 }
 
+/* The --cluster.port the caller passes in extra_args (last one wins), or 0. */
+static int th_extra_cluster_port(const char *const *extra_args)
+{
+    int port = 0;
+    for (int i = 0; extra_args && extra_args[i]; i++) {
+        if (strcmp(extra_args[i], "--cluster.port") == 0 && extra_args[i + 1])
+            port = atoi(extra_args[i + 1]);
+        else if (strncmp(extra_args[i], "--cluster.port=", 15) == 0)
+            port = atoi(extra_args[i] + 15);
+    }
+    return port;
+}
+
 static int th_node_spawn(th_node *n, const char *data_dir, int port, const char *const *extra_args,
                          const char *const *extra_env)
 {
-    char portstr[16];
+    char portstr[16], cportstr[16];
+    int cport = th_extra_cluster_port(extra_args);
+    if (cport == 0)
+        cport = th_free_port();
     snprintf(portstr, sizeof portstr, "%d", port);
+    snprintf(cportstr, sizeof cportstr, "%d", cport);
     const char *argv[96];
     int a = 0;
     argv[a++] = th_bin("kvstore");
@@ -842,6 +859,11 @@ static int th_node_spawn(th_node *n, const char *data_dir, int port, const char 
     argv[a++] = "127.0.0.1";
     argv[a++] = "--port";
     argv[a++] = portstr;
+    /* Every node has a peer port now: a free one each, so nodes never collide on 7946. */
+    argv[a++] = "--cluster.host";
+    argv[a++] = "127.0.0.1";
+    argv[a++] = "--cluster.port";
+    argv[a++] = cportstr;
     argv[a++] = "--data-dir";
     argv[a++] = data_dir;
     argv[a++] = "--log-level";
@@ -856,6 +878,8 @@ static int th_node_spawn(th_node *n, const char *data_dir, int port, const char 
     memset(n, 0, sizeof *n);
     n->port = port;
     snprintf(n->url, sizeof n->url, "http://127.0.0.1:%d", port);
+    n->cluster_port = cport;
+    snprintf(n->peer_addr, sizeof n->peer_addr, "127.0.0.1:%d", cport);
     snprintf(n->data_dir, sizeof n->data_dir, "%s", data_dir);
     snprintf(n->log_path, sizeof n->log_path, "%s/node.%d.log", data_dir, seq);
 
@@ -891,7 +915,8 @@ int th_node_start(th_node *n, const char *data_dir, int port, const char *const 
                   const char *const *extra_env, int timeout_ms)
 {
     th_mkdir_p(data_dir);
-    int attempts = port == 0 ? 3 : 1;
+    bool cluster_port_picked = th_extra_cluster_port(extra_args) == 0;
+    int attempts = port == 0 || cluster_port_picked ? 3 : 1;
     for (int attempt = 0; attempt < attempts; attempt++) {
         int p = port != 0 ? port : th_free_port();
         if (th_node_spawn(n, data_dir, p, extra_args, extra_env) != 0)

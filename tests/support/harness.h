@@ -28,6 +28,8 @@ typedef struct th_node {
     pid_t pid;
     int port;           /* client HTTP port */
     char url[64];       /* "http://127.0.0.1:PORT" */
+    int cluster_port;   /* peer (nng) port on 127.0.0.1 */
+    char peer_addr[32]; /* "127.0.0.1:CLUSTER_PORT", for other nodes' --seeds */
     char data_dir[256]; /* owned by the test; removed by th_tmpdir_remove */
     char log_path[300]; /* the node's stderr goes here */
     /* Set when the harness has reaped the process (th_node_alive/stop/kill9). */
@@ -51,13 +53,17 @@ int th_free_port(void);
  * did not become healthy (the log is printed to stderr).
  *
  * Details: the command line is `kvstore servenode --server.host 127.0.0.1 --port P
- * --data-dir D --log-level debug EXTRA...` (extra args come last, so they win). data_dir
+ * --cluster.host 127.0.0.1 --cluster.port C --data-dir D --log-level debug EXTRA...`
+ * (extra args come last, so they win). C is a free port picked for each start, unless
+ * extra_args has its own --cluster.port (then that one is used and recorded in
+ * n->cluster_port). data_dir
  * is created if missing. The log is <data_dir>/node.<seq>.log (one file per start, so a
  * restart gets a fresh log; removing the data dir removes it). The
  * inherited environment is stripped of DIST_KV__* so tests are hermetic; extra_env is
  * added on top ("NAME" without '=' removes NAME). The child gets PR_SET_PDEATHSIG so a
- * test killed by its timeout does not leave a node behind. When port is 0 and the node
- * fails to start because the picked port was taken meanwhile, another port is tried.
+ * test killed by its timeout does not leave a node behind. When a picked port (HTTP port
+ * 0, or the cluster port) was taken meanwhile and the node fails to start, other ports are
+ * tried.
  */
 int th_node_start(th_node *n, const char *data_dir, int port, const char *const *extra_args,
                   const char *const *extra_env, int timeout_ms);

@@ -1,0 +1,60 @@
+/*
+ * membership.h — cluster membership of one node: the SWIM core (src/swim) wired to the
+ * nng transport (src/net), the loop's timers, seed resolution, the node's identity
+ * files, logs and metrics. Loop thread only.
+ *
+ * The node starts it after its HTTP listener, asks it for GET /v1/cluster/members and
+ * for metrics, tells it to leave on SIGTERM, and closes it before the store.
+ */
+#ifndef KV_NODE_MEMBERSHIP_H
+#define KV_NODE_MEMBERSHIP_H
+
+#include "common/buf.h"
+#include "config/config.h"
+#include "http/metrics.h"
+#include "node/identity.h"
+
+#include <uv.h>
+
+typedef struct kv_membership kv_membership;
+
+/*
+ * Listen on cluster.host:cluster.port, work out the advertise address (cluster.advertise,
+ * else cluster.host unless it is a wildcard, else the first non-loopback IPv4 address of
+ * an interface that is up, else 127.0.0.1; with the bound port), create the core as
+ * member ident (name node.name) and, when cluster.seeds is not empty, start joining
+ * through them. cfg, ident and metrics must outlive the membership. KV_OK; KV_EIO when
+ * the peer port cannot be bound; KV_ECONFIG for an unusable advertise address or name;
+ * KV_ENOMEM. Every failure is logged.
+ */
+int kv_membership_start(kv_membership **out, uv_loop_t *loop, const kv_config *cfg,
+                        const kv_node_identity *ident, kv_metrics *metrics);
+
+/* "host:port" other members use to reach this node. */
+const char *kv_membership_advertise(const kv_membership *m);
+
+/*
+ * Append {"node_id":..,"name":..,"address":..,"joined":..,"members":[...]} to out: every
+ * member this node knows (itself included, dead and left ones until they are forgotten),
+ * sorted by name, each with id, name, address, state, incarnation, ring_status, since
+ * (RFC 3339 UTC: when this node saw its state last change) and self. KV_OK or KV_ENOMEM.
+ */
+int kv_membership_members_json(kv_membership *m, kv_buf *out);
+
+/* Write the membership counters and gauges into the metrics registry (call before
+ * rendering /metrics). */
+void kv_membership_publish_metrics(kv_membership *m);
+
+/*
+ * Leave the cluster gracefully: announce `left` to other members and call done(arg) on
+ * the loop once the announcement went out (plus a short grace for the sockets to flush),
+ * or after cluster.leave_timeout at the latest. Never calls done from inside this call.
+ * After it the node answers no more peer messages. Call at most once.
+ */
+void kv_membership_leave(kv_membership *m, void (*done)(void *arg), void *arg);
+
+/* Stop everything and free m; done(arg) is called on the loop once every handle and
+ * request is finished. Without a leave first, other members will find this node dead. */
+void kv_membership_close(kv_membership *m, void (*done)(void *arg), void *arg);
+
+#endif
