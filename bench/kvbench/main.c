@@ -658,14 +658,17 @@ int main(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
 
-    if (preflight(&cfg, cfg.timeout_ns) != 0)
+    if (preflight(&cfg, cfg.timeout_ns) != 0) {
+        free(cfg.values);
+        free(cfg.eps);
         return 1;
+    }
 
     kvb_stats *load = NULL, *runst = malloc(sizeof *runst);
     if (!runst)
         return 1;
     kvb_stats_init(runst);
-    char err_load[256] = "", err_run[256] = "";
+    char err_load[512] = "", err_run[512] = "";
     bool interrupted = false;
     if (cfg.load) {
         load = malloc(sizeof *load);

@@ -191,7 +191,7 @@ struct kvb_worker {
     pthread_mutex_t lock;
     uint64_t idone, ierr; /* interval counters, under lock */
     kvb_hist ihist;       /* under lock */
-    char first_error[256];
+    char first_error[512];
 };
 
 struct kvb_run {
