@@ -201,12 +201,15 @@ static bool spec_problem_code_known(const char *code)
     return false;
 }
 
-/* ---------- a flat JSON object reader (problem documents and probe bodies are flat) ---------- */
+/* ---------- a small JSON object reader (problem documents and probe bodies are flat; a
+ * nested array or object is kept as its raw text, to be read the same way) ---------- */
 
 typedef struct json_field {
     char key[32];
     char val[512]; /* string value unescaped (\uXXXX kept as is), or the literal's text */
     bool is_str;
+    const char *raw; /* nested array/object: its text in the body (raw_len bytes), else NULL */
+    size_t raw_len;
 } json_field;
 
 static const char *json_ws(const char *p, const char *end)
@@ -241,7 +244,31 @@ static const char *json_str(const char *p, const char *end, char *out, size_t ca
     return p + 1;
 }
 
-/* Parse body as one flat JSON object. Returns the number of fields, or -1 if it is not. */
+/* Skip one balanced array or object at p ('[' or '{'); returns the byte after it, or NULL. */
+static const char *json_skip_nested(const char *p, const char *end)
+{
+    int depth = 0;
+    char scratch[2];
+    while (p < end) {
+        if (*p == '"') {
+            p = json_str(p, end, scratch, sizeof scratch);
+            if (p == NULL)
+                return NULL;
+            continue;
+        }
+        if (*p == '[' || *p == '{')
+            depth++;
+        else if (*p == ']' || *p == '}')
+            depth--;
+        p++;
+        if (depth == 0)
+            return p;
+    }
+    return NULL;
+}
+
+/* Parse body as one JSON object of scalars (nested values kept raw). Returns the number of
+ * fields, or -1 if it is not such an object. */
 static int json_flat(const char *body, size_t len, json_field *f, int max)
 {
     const char *p = body, *end = body + len;
@@ -263,11 +290,22 @@ static int json_flat(const char *body, size_t len, json_field *f, int max)
         if (p >= end || *p++ != ':')
             return -1;
         p = json_ws(p, end);
+        jf->raw = NULL;
+        jf->raw_len = 0;
         if (p < end && *p == '"') {
             jf->is_str = true;
             p = json_str(p, end, jf->val, sizeof jf->val);
             if (p == NULL)
                 return -1;
+        } else if (p < end && (*p == '[' || *p == '{')) {
+            const char *start = p;
+            p = json_skip_nested(p, end);
+            if (p == NULL)
+                return -1;
+            jf->raw = start;
+            jf->raw_len = (size_t)(p - start);
+            snprintf(jf->val, sizeof jf->val, "%s", *start == '[' ? "<array>" : "<object>");
+            jf->is_str = false;
         } else {
             size_t k = 0;
             while (p < end && (isalnum((unsigned char)*p) || *p == '-' || *p == '+' || *p == '.')) {
@@ -276,7 +314,7 @@ static int json_flat(const char *body, size_t len, json_field *f, int max)
                 p++;
             }
             if (k == 0)
-                return -1; /* nested object/array or junk: not flat */
+                return -1; /* junk */
             jf->val[k] = '\0';
             jf->is_str = false;
         }
@@ -298,6 +336,83 @@ static const json_field *json_get(const json_field *f, int n, const char *key)
             return &f[i];
     }
     return NULL;
+}
+
+/*
+ * Check a JSON object (body[0..len)) against an object schema: every required property is
+ * present, has the const or one of the enum values the schema gives, is a string when the
+ * schema says string and not one otherwise; array properties whose items are object
+ * schemas have each element checked the same way (two levels deep at most). Returns the
+ * number of failed expectations.
+ */
+static int check_json_object(const char *what, yaml_node_t *schema, const char *body, size_t len,
+                             int depth)
+{
+    yaml_document_t *d = &g_spec.doc;
+    int fails = 0;
+    json_field f[24];
+    int n = json_flat(body, len, f, 24);
+    if (n < 0) {
+        cr_expect(false, "%s: not a JSON object: %.*s", what, (int)len, body);
+        return 1;
+    }
+    yaml_node_t *req = map_get(d, schema, "required");
+    yaml_node_t *props = map_get(d, schema, "properties");
+    if (req == NULL || req->type != YAML_SEQUENCE_NODE)
+        return 0;
+    for (yaml_node_item_t *it = req->data.sequence.items.start; it < req->data.sequence.items.top;
+         it++) {
+        const char *pn = scalar(yaml_document_get_node(d, *it));
+        const json_field *jf = pn ? json_get(f, n, pn) : NULL;
+        if (jf == NULL) {
+            cr_expect(false, "%s: body lacks required property '%s'", what, pn ? pn : "?");
+            fails++;
+            continue;
+        }
+        yaml_node_t *ps = map_get(d, props, pn);
+        const char *type = scalar(map_get(d, ps, "type"));
+        const char *cv = scalar(map_get(d, ps, "const"));
+        if (cv != NULL && strcmp(cv, jf->val) != 0) {
+            cr_expect(false, "%s: property %s is '%s', spec says '%s'", what, pn, jf->val, cv);
+            fails++;
+        }
+        if (type != NULL && (strcmp(type, "string") == 0) != jf->is_str) {
+            cr_expect(false, "%s: property %s is %s a string, spec says type %s", what, pn,
+                      jf->is_str ? "" : "not", type);
+            fails++;
+        }
+        yaml_node_t *en = map_get(d, ps, "enum");
+        if (en != NULL && en->type == YAML_SEQUENCE_NODE) {
+            bool ok = false;
+            for (yaml_node_item_t *e = en->data.sequence.items.start;
+                 e < en->data.sequence.items.top; e++)
+                ok = ok || scalar_is(yaml_document_get_node(d, *e), jf->val);
+            if (!ok) {
+                cr_expect(false, "%s: property %s is '%s', not one of the spec's enum", what, pn,
+                          jf->val);
+                fails++;
+            }
+        }
+        yaml_node_t *items = map_get(d, ps, "items");
+        if (type != NULL && strcmp(type, "array") == 0 && jf->raw && jf->raw[0] == '[' &&
+            items != NULL && depth < 2) {
+            const char *p = jf->raw + 1, *end = jf->raw + jf->raw_len - 1;
+            for (p = json_ws(p, end); p < end; p = json_ws(p, end)) {
+                const char *q = *p == '{' ? json_skip_nested(p, end) : NULL;
+                if (q == NULL) {
+                    cr_expect(false, "%s: %s holds something other than objects", what, pn);
+                    return fails + 1;
+                }
+                char sub[256];
+                snprintf(sub, sizeof sub, "%.200s: %s[]", what, pn);
+                fails += check_json_object(sub, items, p, (size_t)(q - p), depth + 1);
+                p = json_ws(q, end);
+                if (p < end && *p == ',')
+                    p++;
+            }
+        }
+    }
+    return fails;
 }
 
 /* ---------- checking one answer against one documented response set ---------- */
@@ -427,7 +542,7 @@ static int check_answer(const char *what, yaml_node_t *responses, yaml_node_t *o
         }
     }
 
-    /* bodies: problem documents in full, other JSON by its required properties */
+    /* bodies: problem documents in full, other JSON by its schema's required properties */
     if (mt != NULL && strstr(mt, "json") != NULL) {
         json_field f[16];
         int n = json_flat(r->body, r->body_len, f, 16);
@@ -453,22 +568,7 @@ static int check_answer(const char *what, yaml_node_t *responses, yaml_node_t *o
             }
         } else {
             yaml_node_t *schema = map_get(d, map_get(d, content, mt), "schema");
-            yaml_node_t *req = map_get(d, schema, "required");
-            yaml_node_t *props = map_get(d, schema, "properties");
-            if (req != NULL && req->type == YAML_SEQUENCE_NODE) {
-                for (yaml_node_item_t *it = req->data.sequence.items.start;
-                     it < req->data.sequence.items.top; it++) {
-                    const char *pn = scalar(yaml_document_get_node(d, *it));
-                    const json_field *jf = pn ? json_get(f, n, pn) : NULL;
-                    if (jf == NULL) {
-                        FAIL("%s: body lacks required property '%s'", what, pn ? pn : "?");
-                        continue;
-                    }
-                    const char *cv = scalar(map_get(d, map_get(d, props, pn), "const"));
-                    if (cv != NULL && strcmp(cv, jf->val) != 0)
-                        FAIL("%s: property %s is '%s', spec says '%s'", what, pn, jf->val, cv);
-                }
-            }
+            fails += check_json_object(what, schema, r->body, r->body_len, 0);
         }
     }
 #undef FAIL
@@ -711,6 +811,8 @@ static const contract_case k_cases[] = {
     {"getHealth", "liveness", "GET", "/healthz", NULL, NULL, 200, NULL, NULL},
     {"getReady", "readiness", "GET", "/readyz", NULL, NULL, 200, NULL, NULL},
     {"getMetrics", "metrics", "GET", "/metrics", NULL, NULL, 200, NULL, NULL},
+    {"getClusterMembers", "cluster members (a node alone)", "GET", "/v1/cluster/members", NULL,
+     NULL, 200, NULL, NULL},
 };
 #define NCASES (sizeof k_cases / sizeof k_cases[0])
 
