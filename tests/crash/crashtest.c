@@ -53,7 +53,11 @@
 #include "harness.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -166,7 +170,8 @@ typedef struct ct_opts {
     int kill_min_ms, kill_max_ms;
     const char *dir;
     bool keep, quiet;
-    bool self_test; /* --self-test-lose: damage the store after each kill; must FAIL */
+    bool self_test;        /* --self-test-lose: damage the store after each kill; must FAIL */
+    int recovery_kill_pct; /* rounds that also kill a restart while it recovers */
     const char *node_args[CT_MAX_NODE_ARGS];
     int nnode_args;
 } ct_opts;
@@ -179,6 +184,7 @@ typedef struct ct_totals {
     uint64_t lost, wrong, corrupt, other;
     uint64_t errors; /* unexpected answers during the write phase */
     uint64_t torn_repaired;
+    uint64_t recovery_kills; /* restarts killed while opening the store */
 } ct_totals;
 
 typedef struct ct_run {
@@ -496,6 +502,75 @@ static int ct_start(ct_run *run)
     }
 }
 
+/*
+ * A restart killed while it recovers: start kvstore on the data directory (same
+ * arguments as ct_start) and kill -9 it after delay_ms, whether or not it is ready yet,
+ * so that whatever recovery does on open (truncating a torn tail, finishing or undoing
+ * an interrupted compaction, loading hints) is itself interrupted. Its log is appended
+ * to <data>/recovery-kills.log.
+ */
+static int ct_recovery_kill(ct_run *run, int delay_ms)
+{
+    char port[16], cport[16];
+    snprintf(port, sizeof port, "%d", th_free_port());
+    snprintf(cport, sizeof cport, "%d", th_free_port());
+    const char *argv[CT_MAX_NODE_ARGS + 20];
+    int a = 0;
+    argv[a++] = th_bin("kvstore");
+    argv[a++] = "servenode";
+    argv[a++] = "--server.host";
+    argv[a++] = "127.0.0.1";
+    argv[a++] = "--port";
+    argv[a++] = port;
+    argv[a++] = "--cluster.host";
+    argv[a++] = "127.0.0.1";
+    argv[a++] = "--cluster.port";
+    argv[a++] = cport;
+    argv[a++] = "--data-dir";
+    argv[a++] = run->data_dir;
+    argv[a++] = "--log-level";
+    argv[a++] = "info";
+    for (int i = 0; i < run->o.nnode_args; i++)
+        argv[a++] = run->o.node_args[i];
+    argv[a] = NULL;
+    char log[600];
+    snprintf(log, sizeof log, "%s/recovery-kills.log", run->data_dir);
+    mkdir(run->data_dir, 0755); /* the first round may find none yet */
+    int logfd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (logfd < 0) {
+        ct_fail(run, "cannot open %s: %s", log, strerror(errno));
+        return -1;
+    }
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        int devnull = open("/dev/null", O_RDWR);
+        dup2(devnull, 0);
+        dup2(logfd, 1);
+        dup2(logfd, 2);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    close(logfd);
+    if (pid < 0)
+        return -1;
+    struct timespec ts = {delay_ms / 1000, (long)(delay_ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+    kill(pid, SIGKILL);
+    int st;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+    }
+    run->t.recovery_kills++;
+    /* Exiting by itself (not by our signal) means it could not start. */
+    if (WIFEXITED(st)) {
+        ct_fail(run, "a restart exited with status %d before it was killed (log: %s)",
+                WEXITSTATUS(st), log);
+        return -1;
+    }
+    return 0;
+}
+
 static int ct_count_files(const char *dir, const char *suffix)
 {
     DIR *d = opendir(dir);
@@ -563,6 +638,9 @@ static void ct_tamper(ct_run *run)
 
 static int ct_round(ct_run *run, int round, uint64_t *rng)
 {
+    if ((int)ct_range(rng, 0, 99) < run->o.recovery_kill_pct &&
+        ct_recovery_kill(run, (int)ct_range(rng, 1, 60)) != 0)
+        return -1;
     if (ct_start(run) != 0)
         return -1;
     if (ct_verify(run) != 0)
@@ -639,6 +717,8 @@ static void ct_usage(FILE *f)
         "  --keep            keep the data directory afterwards (it is always kept on failure)\n"
         "  --node-arg ARG    extra argument for kvstore servenode (repeatable), e.g.\n"
         "                    --node-arg=--storage.segment_bytes --node-arg=1MiB\n"
+        "  --recovery-kills P  in P%% of rounds (default 20) also kill -9 a restart 1-60 ms\n"
+        "                    after it starts, while it may still be recovering\n"
         "  --quiet           only the summary line\n"
         "  --self-test-lose  test the checker: delete the newest segments after each kill;\n"
         "                    exits 0 only if lost writes were then reported\n"
@@ -667,8 +747,13 @@ static const char *const ct_default_node_args[] = {
 
 static int ct_parse(int argc, char **argv, ct_opts *o)
 {
-    *o = (ct_opts){
-        .rounds = 15, .keys = 1000, .conns = 4, .depth = 4, .kill_min_ms = 20, .kill_max_ms = 700};
+    *o = (ct_opts){.rounds = 15,
+                   .keys = 1000,
+                   .conns = 4,
+                   .depth = 4,
+                   .kill_min_ms = 20,
+                   .kill_max_ms = 700,
+                   .recovery_kill_pct = 20};
     o->seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 16);
     for (size_t i = 0; i < sizeof ct_default_node_args / sizeof *ct_default_node_args; i++)
         o->node_args[o->nnode_args++] = ct_default_node_args[i];
@@ -723,6 +808,8 @@ static int ct_parse(int argc, char **argv, ct_opts *o)
             o->kill_min_ms = (int)v;
         } else if (strcmp(a, "--kill-max-ms") == 0 && ct_parse_int(val, 0, 600000, &v)) {
             o->kill_max_ms = (int)v;
+        } else if (strcmp(a, "--recovery-kills") == 0 && ct_parse_int(val, 0, 100, &v)) {
+            o->recovery_kill_pct = (int)v;
         } else if (strcmp(a, "--dir") == 0) {
             o->dir = val;
         } else if (strcmp(a, "--node-arg") == 0 && o->nnode_args < CT_MAX_NODE_ARGS) {
@@ -809,11 +896,12 @@ int main(int argc, char **argv)
     printf("crashtest: %s seed=%" PRIu64 " rounds=%d/%d writes_sent=%" PRIu64
            " writes_acknowledged=%" PRIu64 " (deletes %" PRIu64 ") unacknowledged_at_kill=%" PRIu64
            " of_which_durable=%" PRIu64 " keys_verified=%" PRIu64 " lost=%" PRIu64 " wrong=%" PRIu64
-           " corrupt=%" PRIu64 " errors=%" PRIu64 " repaired_records=%" PRIu64 " seconds=%.1f\n",
+           " corrupt=%" PRIu64 " errors=%" PRIu64 " repaired_records=%" PRIu64
+           " recovery_kills=%" PRIu64 " seconds=%.1f\n",
            pass ? "PASS" : "FAIL", run.o.seed, rounds_done, run.o.rounds, run.t.sent, run.t.acked,
            run.t.deletes_acked, run.t.unacked_at_kill, run.t.inflight_applied, run.t.checked,
            run.t.lost, run.t.wrong, run.t.corrupt, run.t.errors + run.t.other, run.t.torn_repaired,
-           secs);
+           run.t.recovery_kills, secs);
     if (run.o.self_test) {
         bool caught = run.t.lost > 0;
         printf("self-test: %s (lost=%" PRIu64 ")\n",
