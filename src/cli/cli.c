@@ -1,6 +1,6 @@
 /*
  * cli.c — the client commands shared by `kvtool` and `kvstore client` (see cli.h): get,
- * put, delete and health over the C client library. Main thread; blocking.
+ * put, delete, health and members over the C client library. Main thread; blocking.
  *
  * Output contract (scripts rely on it, keep it stable):
  * - get writes the value's raw bytes to stdout and adds a newline only when stdout is a
@@ -14,6 +14,7 @@
 #include "cli/cli.h"
 
 #include "cli/encode.h"
+#include "cli/members.h"
 #include "client/json.h"
 #include "kvstore/client.h"
 
@@ -64,6 +65,7 @@ static int cmd_get(cli_ctx *x);
 static int cmd_put(cli_ctx *x);
 static int cmd_delete(cli_ctx *x);
 static int cmd_health(cli_ctx *x);
+static int cmd_members(cli_ctx *x);
 
 static const cli_cmd cli_cmds[] = {
     {"get", "KEY", "print the value stored under KEY",
@@ -84,6 +86,14 @@ static const cli_cmd cli_cmds[] = {
      "With --json: {\"server\":..,\"healthz\":{\"http_status\":..,\"status\":..},"
      "\"readyz\":{..}}.\n",
      CLI_F_JSON, 0, 0, cmd_health},
+    {"members", "", "list the cluster's members as the server sees them",
+     "A table: NAME, ADDRESS (host:port of its peer listener), STATE (alive, suspect,\n"
+     "dead, left), INCARNATION, RING (joining, normal, leaving, removed) and SINCE (when\n"
+     "the server saw the state change, UTC); '*' marks the server itself.\n"
+     "With --json: the server's JSON, "
+     "{\"node_id\":..,\"members\":[{\"name\":..,\"state\":..},..]}\n"
+     "(see GET /v1/cluster/members in api/openapi.yaml).\n",
+     CLI_F_JSON, 0, 0, cmd_members},
 };
 
 #define CLI_NCMDS (sizeof(cli_cmds) / sizeof(cli_cmds[0]))
@@ -583,6 +593,29 @@ static int cmd_health(cli_ctx *x)
     if ((h_ok || h.http_status == 503) && (r_ok || r.http_status == 503))
         return KV_EXIT_UNAVAIL;
     return KV_EXIT_ERROR;
+}
+
+static int cmd_members(cli_ctx *x)
+{
+    int status = 0;
+    char *body = NULL;
+    size_t blen = 0;
+    int rc = kv_client_raw_get(x->client, CLI_MEMBERS_PATH, &status, &body, &blen);
+    if (rc != KV_OK)
+        return fail(x, NULL, rc, NULL);
+    if (status != 200) {
+        free(body);
+        return fail(x, NULL, status == 503 ? KV_EUNAVAIL : KV_ESERVER, NULL);
+    }
+    if (x->a.json) {
+        fwrite(body, 1, blen, stdout); /* already one JSON object */
+        fputc('\n', stdout);
+    } else if (cli_members_print_table(body, blen, stdout) != 0) {
+        free(body);
+        return fail(x, NULL, KV_EPROTO, "the server's member list is not in the expected format");
+    }
+    free(body);
+    return finish(x, NULL);
 }
 
 /* ---- entry point -------------------------------------------------------------------- */
