@@ -1793,11 +1793,13 @@ void swim_leave(swim_t *s, uint64_t now)
     uint32_t idx[16];
     size_t k = 2 * (s->cfg.gossip_nodes ? s->cfg.gossip_nodes : 1);
     size_t n = swim_pick(s, now, k < 16 ? k : 16, swim_ok_alive, NULL, idx);
+    swim_update bye = {.node = me->pub.node, .from = me->pub.node.id};
     for (size_t i = 0; i < n; i++) {
         swim_msg msg = {.type = SWIM_MSG_GOSSIP};
         char to[SWIM_ADDR_MAX + 1];
         memcpy(to, s->mem[idx[i]].pub.node.addr, sizeof(to));
-        swim_send_small(s, to, SWIM_CLASS_GOSSIP, &msg, NULL);
+        /* in every one of these, whatever the queue's retransmit count says */
+        swim_send_small(s, to, SWIM_CLASS_GOSSIP, &msg, &bye);
     }
     s->leave_done = false;
     s->leave_done_at = n ? now + s->cfg.gossip_interval_ms : now;
