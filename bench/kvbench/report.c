@@ -320,7 +320,7 @@ int kvb_report_plot(const kvb_report *r, const char *svg_path)
                 cfg->rate > 0 ? "open loop" : "closed loop");
         fprintf(f, "set grid\nset key top left\n");
         fprintf(f, "set title 'throughput'\nset xlabel 'seconds'\nset ylabel 'ops/s'\n"
-                   "set yrange [0:*]\n");
+                   "set xrange [0:*]\nset yrange [0:*]\n");
         fprintf(f,
                 "plot '%s' using 1:($5==0?$2:1/0) with linespoints title 'measured', "
                 "'' using 1:($5==1?$2:1/0) with linespoints title 'warm-up'\n",
