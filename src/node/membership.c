@@ -442,7 +442,7 @@ static void memb_on_recv(void *arg, const uint8_t *data, size_t len)
     const char *why = NULL;
     int rc = kv_wire_decode(data, len, m->rx, &why);
     if (rc != KV_OK) {
-        const char *reason = rc == KV_ENOMEM ? "inbox_full" : why;
+        const char *reason = rc == KV_ENOMEM ? "out_of_memory" : why;
         memb_count_drop(m, reason, 1);
         kv_log_debug("peer message dropped", KV_STR("reason", reason), KV_UINT("bytes", len));
         return;
