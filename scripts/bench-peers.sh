@@ -155,11 +155,11 @@ start_kvstore() {
     done
     for i in $(seq 1 "$KV_NODES"); do
         local port=$((BASE + i)) cport=$((BASE + 10 + i))
+        # The peer listener too stays on 127.0.0.1 and in our port range.
         local args=(servenode --server.host 127.0.0.1 --port "$port" --data-dir "$TMP/kv$i"
-            --name "bench$i" --storage.sync interval --log-level warn)
-        if [[ $KV_NODES -gt 1 ]]; then
-            args+=(--cluster.host 127.0.0.1 --cluster.port "$cport" --cluster.seeds "$seeds")
-        fi
+            --name "bench$i" --storage.sync interval --log-level warn
+            --cluster.host 127.0.0.1 --cluster.port "$cport")
+        [[ $KV_NODES -gt 1 ]] && args+=(--cluster.seeds "$seeds")
         "$KVSTORE" "${args[@]}" >"$TMP/kv$i.log" 2>&1 &
         PIDS+=($!)
         urls+="${urls:+,}http://127.0.0.1:$port"
