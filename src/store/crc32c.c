@@ -6,10 +6,16 @@
  * zero bytes, so the eight lookups of one step can be XORed together independently.
  * That runs at well over 1 GB/s, enough that checksumming is never the bottleneck of a
  * put or of scanning segments at open.
+ *
+ * On x86-64 CPUs with SSE4.2 the CRC32 instruction computes exactly this polynomial, 8
+ * bytes per instruction (several GB/s); it is chosen at run time, so one binary runs
+ * everywhere and both paths give the same results (the unit test compares them).
  */
 #include "store/crc32c.h"
 
 #include <pthread.h>
+#include <stdbool.h>
+#include <string.h>
 
 #define CRC32C_POLY 0x82F63B78u /* Castagnoli, bit-reflected */
 
@@ -33,9 +39,50 @@ static void crc_init(void)
     }
 }
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define CRC_HW 1
+static bool crc_hw;
+
+__attribute__((target("sse4.2"))) static uint32_t crc_hw_run(uint32_t crc, const uint8_t *p,
+                                                             size_t n)
+{
+    uint64_t c = ~crc;
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8); /* x86 is little-endian, as the CRC's byte order requires */
+        c = __builtin_ia32_crc32di(c, w);
+        p += 8;
+        n -= 8;
+    }
+    uint32_t c32 = (uint32_t)c;
+    while (n--)
+        c32 = __builtin_ia32_crc32qi(c32, *p++);
+    return ~c32;
+}
+#endif
+
+static void crc_setup(void)
+{
+    crc_init();
+#ifdef CRC_HW
+    __builtin_cpu_init();
+    crc_hw = __builtin_cpu_supports("sse4.2");
+#endif
+}
+
 uint32_t store_crc32c(uint32_t crc, const void *data, size_t n)
 {
-    pthread_once(&crc_once, crc_init);
+    pthread_once(&crc_once, crc_setup);
+#ifdef CRC_HW
+    if (crc_hw)
+        return crc_hw_run(crc, data, n);
+#endif
+    return store_crc32c_sw(crc, data, n);
+}
+
+uint32_t store_crc32c_sw(uint32_t crc, const void *data, size_t n)
+{
+    pthread_once(&crc_once, crc_setup);
     const uint8_t *p = data;
     uint32_t c = ~crc;
 

@@ -17,4 +17,8 @@
  */
 uint32_t store_crc32c(uint32_t crc, const void *data, size_t n);
 
+/* The same function, always in software (the portable path; for tests that compare it
+ * with the hardware instruction store_crc32c uses when the CPU has one). */
+uint32_t store_crc32c_sw(uint32_t crc, const void *data, size_t n);
+
 #endif

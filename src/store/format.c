@@ -122,3 +122,117 @@ store_rec_status store_rec_parse(const uint8_t *p, size_t avail, store_rec_hdr *
     *h = d;
     return c == d.crc ? STORE_REC_OK : STORE_REC_BADCRC;
 }
+
+/* ---------- hint files ---------- */
+
+void store_hint_hdr_encode(uint8_t out[STORE_HINT_HDR_LEN], const store_hint_hdr *h)
+{
+    memset(out, 0, STORE_HINT_HDR_LEN);
+    store_le32(out, STORE_HINT_MAGIC);
+    store_le16(out + 4, STORE_FORMAT_VERSION);
+    store_le16(out + 6, STORE_HINT_HDR_LEN);
+    store_le64(out + 8, h->seg_id);
+    store_le64(out + 16, h->seg_size);
+    store_le64(out + 24, h->count);
+    store_le32(out + 36, store_crc32c(0, out, 36));
+}
+
+void store_hint_ent_encode(uint8_t out[STORE_HINT_ENT_LEN], const store_hint_ent *e)
+{
+    out[0] = e->type;
+    out[1] = e->flags;
+    store_le16(out + 2, e->klen);
+    store_le32(out + 4, e->off);
+    store_le32(out + 8, e->vlen);
+    store_le32(out + 12, e->node);
+    store_le64(out + 16, e->ts);
+    store_le64(out + 24, e->expiry);
+}
+
+void store_hint_foot_encode(uint8_t out[STORE_HINT_FOOT_LEN], uint64_t count, uint32_t crc)
+{
+    store_le64(out, count);
+    store_le32(out + 8, crc);
+    store_le32(out + 12, STORE_HINT_END_MAGIC);
+}
+
+static void hint_ent_decode(const uint8_t *p, store_hint_ent *e)
+{
+    e->type = p[0];
+    e->flags = p[1];
+    e->klen = store_rd16(p + 2);
+    e->off = store_rd32(p + 4);
+    e->vlen = store_rd32(p + 8);
+    e->node = store_rd32(p + 12);
+    e->ts = store_rd64(p + 16);
+    e->expiry = store_rd64(p + 24);
+    e->key = p + STORE_HINT_ENT_LEN;
+}
+
+static bool hint_ent_plausible(const store_hint_ent *e, uint64_t seg_size)
+{
+    if (e->klen == 0 || (e->flags & ~STORE_REC_F_KNOWN) || e->vlen > STORE_VALUE_MAX_HARD)
+        return false;
+    if (e->type == STORE_REC_TOMBSTONE) {
+        if (e->flags || e->vlen)
+            return false;
+    } else if (e->type != STORE_REC_PUT) {
+        return false;
+    }
+    if (e->off < STORE_SEG_HDR_LEN)
+        return false;
+    uint64_t end = (uint64_t)e->off + STORE_REC_HDR_LEN + e->klen + e->vlen;
+    return end <= seg_size;
+}
+
+store_hint_status store_hint_check(const uint8_t *p, size_t n, store_hint_hdr *h)
+{
+    if (n < STORE_HINT_HDR_LEN + STORE_HINT_FOOT_LEN)
+        return STORE_HINT_BAD;
+    if (store_rd32(p) != STORE_HINT_MAGIC || store_rd32(p + 36) != store_crc32c(0, p, 36))
+        return STORE_HINT_BAD;
+    if (store_rd16(p + 4) > STORE_FORMAT_VERSION)
+        return STORE_HINT_NEWER;
+    if (store_rd16(p + 4) == 0 || store_rd16(p + 6) != STORE_HINT_HDR_LEN ||
+        store_rd32(p + 32) != 0)
+        return STORE_HINT_BAD;
+    store_hint_hdr d = {
+        .seg_id = store_rd64(p + 8),
+        .seg_size = store_rd64(p + 16),
+        .count = store_rd64(p + 24),
+    };
+    const uint8_t *foot = p + n - STORE_HINT_FOOT_LEN;
+    if (store_rd32(foot + 12) != STORE_HINT_END_MAGIC || store_rd64(foot) != d.count)
+        return STORE_HINT_BAD;
+    size_t body = n - STORE_HINT_HDR_LEN - STORE_HINT_FOOT_LEN;
+    if (store_crc32c(0, p + STORE_HINT_HDR_LEN, body) != store_rd32(foot + 8))
+        return STORE_HINT_BAD;
+    /* The CRC guards against damage, not against a buggy or hostile writer: check that
+     * every entry is possible and that they fill the body exactly. */
+    size_t pos = STORE_HINT_HDR_LEN, end = n - STORE_HINT_FOOT_LEN;
+    uint64_t count = 0;
+    while (pos < end) {
+        if (end - pos < STORE_HINT_ENT_LEN)
+            return STORE_HINT_BAD;
+        store_hint_ent e;
+        hint_ent_decode(p + pos, &e);
+        if (!hint_ent_plausible(&e, d.seg_size) || end - pos - STORE_HINT_ENT_LEN < e.klen)
+            return STORE_HINT_BAD;
+        pos += STORE_HINT_ENT_LEN + e.klen;
+        count++;
+    }
+    if (count != d.count)
+        return STORE_HINT_BAD;
+    *h = d;
+    return STORE_HINT_OK;
+}
+
+bool store_hint_next(const uint8_t *p, size_t n, size_t *pos, store_hint_ent *e)
+{
+    size_t at = *pos ? *pos : STORE_HINT_HDR_LEN;
+    if (at + STORE_HINT_ENT_LEN > n - STORE_HINT_FOOT_LEN)
+        return false;
+    hint_ent_decode(p + at, e);
+    *pos = at + STORE_HINT_ENT_LEN + e->klen;
+    return true;
+}

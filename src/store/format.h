@@ -18,6 +18,9 @@
 #define STORE_SEG_HDR_LEN    32
 #define STORE_REC_HDR_LEN    40
 
+/* Segment header flags. */
+#define STORE_SEG_F_COMPACTED 0x01 /* written by compaction (never the appendable segment) */
+
 /* Record types. 0 is never valid so that zero-filled space reads as corrupt. */
 #define STORE_REC_PUT       1
 #define STORE_REC_TOMBSTONE 2
@@ -128,5 +131,84 @@ typedef enum store_rec_status {
 /* Validate the record starting at p with avail bytes after it in memory. On OK and BADCRC
  * *h holds the decoded header (so store_rec_len(h) is where the next record starts). */
 store_rec_status store_rec_parse(const uint8_t *p, size_t avail, store_rec_hdr *h);
+
+/*
+ * Hint files: NNNNNNNNNN.hint beside segment NNNNNNNNNN.seg, one entry per record of the
+ * segment in record order — everything the index needs, no values — so that open can
+ * fill the index without reading the segment. Written once, complete, then renamed into
+ * place; a hint that fails any check below is ignored and its segment scanned instead.
+ *
+ * Header, 40 bytes:
+ *   0  u32 magic 0x5448564B ("KVHT")
+ *   4  u16 format version (1)
+ *   6  u16 header length (40)
+ *   8  u64 segment id
+ *  16  u64 segment size covered: the segment file's size when the hint was written (a
+ *          segment of any other size makes the hint stale)
+ *  24  u64 entry count
+ *  32  u32 reserved, 0
+ *  36  u32 CRC-32C of bytes 0..36
+ * Entries, back to back, 32 bytes + key:
+ *   0  u8  record type (1 put, 2 tombstone)
+ *   1  u8  record flags (bit 0: LZ4)
+ *   2  u16 key length
+ *   4  u32 record offset in the segment
+ *   8  u32 value length as stored
+ *  12  u32 version node id
+ *  16  u64 version timestamp
+ *  24  u64 expiry, ms since the epoch (0 = never)
+ *  32  key bytes
+ * Footer, 16 bytes:
+ *   0  u64 entry count (again)
+ *   8  u32 CRC-32C of all entry bytes
+ *  12  u32 magic 0x45564B48 ("HKVE")
+ */
+#define STORE_HINT_MAGIC     0x5448564Bu
+#define STORE_HINT_END_MAGIC 0x45564B48u
+#define STORE_HINT_HDR_LEN   40
+#define STORE_HINT_ENT_LEN   32
+#define STORE_HINT_FOOT_LEN  16
+
+typedef struct store_hint_hdr {
+    uint64_t seg_id;
+    uint64_t seg_size;
+    uint64_t count;
+} store_hint_hdr;
+
+typedef struct store_hint_ent {
+    uint8_t type, flags;
+    uint16_t klen;
+    uint32_t off;
+    uint32_t vlen;
+    uint32_t node;
+    uint64_t ts;
+    uint64_t expiry;
+    const uint8_t *key; /* points into the decoded bytes */
+} store_hint_ent;
+
+void store_hint_hdr_encode(uint8_t out[STORE_HINT_HDR_LEN], const store_hint_hdr *h);
+
+/* Encode one entry's fixed part (the key follows it). */
+void store_hint_ent_encode(uint8_t out[STORE_HINT_ENT_LEN], const store_hint_ent *e);
+
+void store_hint_foot_encode(uint8_t out[STORE_HINT_FOOT_LEN], uint64_t count, uint32_t crc);
+
+typedef enum store_hint_status {
+    STORE_HINT_OK = 0,
+    STORE_HINT_BAD,   /* damaged: wrong magic, CRC, lengths or an impossible entry */
+    STORE_HINT_NEWER, /* intact, but a format version this build does not know */
+} store_hint_status;
+
+/*
+ * Validate a whole hint file (n bytes at p): header, footer, entry CRC, and every entry
+ * (plausible type/flags/lengths, key inside the file, record inside seg_size, count
+ * matching). On OK *h is written; then store_hint_next walks the entries. Pure; bytes
+ * from disk are never trusted before this passes.
+ */
+store_hint_status store_hint_check(const uint8_t *p, size_t n, store_hint_hdr *h);
+
+/* Walk the entries of a file that passed store_hint_check: start with *pos = 0; writes
+ * *e and returns true, or returns false after the last entry. */
+bool store_hint_next(const uint8_t *p, size_t n, size_t *pos, store_hint_ent *e);
 
 #endif

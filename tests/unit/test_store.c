@@ -238,6 +238,17 @@ static void expect_val(kv_store *s, const char *key, const char *want)
     kv_buf_free(&b);
 }
 
+static void expect_val_n(kv_store *s, const char *key, const void *want, size_t n)
+{
+    kv_buf b = KV_BUF_INIT;
+    int rc = get_key(s, key, &b, NULL);
+    CHECK_SOFT(rc == KV_OK, "get(%s): %s", key, kv_strerror(rc));
+    if (rc == KV_OK)
+        CHECK_SOFT(b.len == n && memcmp(b.data, want, n) == 0,
+                   "get(%s) returned %zu wrong bytes, want %zu", key, b.len, n);
+    kv_buf_free(&b);
+}
+
 static void expect_missing(kv_store *s, const char *key)
 {
     kv_buf b = KV_BUF_INIT;
@@ -761,7 +772,25 @@ Test(store, corrupt_middle_record_is_skipped)
     close_store(s);
 }
 
-Test(store, corrupt_record_in_older_segment)
+static void remove_hints(void)
+{
+    char dir[300];
+    snprintf(dir, sizeof(dir), "%s/store", g_dir);
+    DIR *d = opendir(dir);
+    cr_assert_not_null(d);
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        size_t l = strlen(de->d_name);
+        if (l > 5 && strcmp(de->d_name + l - 5, ".hint") == 0) {
+            char p[600];
+            snprintf(p, sizeof(p), "%s/%s", dir, de->d_name);
+            cr_assert_eq(unlink(p), 0);
+        }
+    }
+    closedir(d);
+}
+
+static void corrupt_older_segment(bool with_hints)
 {
     /* Segment 1 holds k0..k9 (rotation forced by a tiny segment_bytes after them). */
     kv_store *s = open_store(KV_SYNC_NEVER, (uint64_t)numbered_offset(10));
@@ -771,28 +800,48 @@ Test(store, corrupt_record_in_older_segment)
     store_stats(s, &st);
     cr_assert_geq(st.segments, 2u);
     close_store(s);
+    if (!with_hints)
+        remove_hints();
 
     char p[320];
     seg_path(p, sizeof(p), 1);
     cr_assert_eq(file_size(p), numbered_offset(10));
     /* Flip a byte in k2's value: skipped, the rest of segment 1 still read. */
     flip_byte(p, numbered_offset(2) + STORE_REC_HDR_LEN + 2 + 1);
-    /* Destroy k7's length field: no way to find the next record, so the rest of
-     * segment 1 is ignored (k7..k9), but nothing is truncated and segment 2 is read. */
+    /* Destroy k7's length field. A scan has no way to find the next record, so the rest
+     * of segment 1 is ignored (k7..k9); the hint file still knows where k8 and k9 are.
+     * Nothing is truncated and segment 2 is read either way. */
     flip_byte(p, numbered_offset(7) + 9);
 
     s = open_store(KV_SYNC_NEVER, (uint64_t)numbered_offset(10));
     store_stats(s, &st);
     cr_expect_eq(st.corrupt_records, 2u);
     cr_expect_eq(st.truncated_bytes, 0u);
+    cr_expect_eq(st.corrupt_reads, 0u);
     cr_expect_eq(file_size(p), numbered_offset(10), "an older segment must not be truncated");
     expect_numbered(s, 0, 2);
     expect_missing(s, "k2");
     expect_numbered(s, 3, 7);
     expect_missing(s, "k7");
-    expect_missing(s, "k9");
+    if (with_hints) {
+        cr_expect_geq(st.hint_segments, 1u);
+        expect_numbered(s, 8, 10);
+    } else {
+        cr_expect_eq(st.hint_segments, 0u);
+        expect_missing(s, "k9");
+    }
     expect_numbered(s, 10, 20);
     close_store(s);
+}
+
+Test(store, corrupt_record_in_older_segment_scanned)
+{
+    corrupt_older_segment(false);
+}
+
+Test(store, corrupt_record_in_older_segment_with_hint)
+{
+    corrupt_older_segment(true);
 }
 
 Test(store, corruption_while_open_is_never_served)
@@ -1166,7 +1215,8 @@ Test(store, close_completes_pending_never)
 }
 
 /* A write that fails partway (here: the file-size limit, standing in for a full disk)
- * is cut back, reported synchronously, counted, and the next write succeeds. */
+ * is cut back, reported through its callback, counted, invisible, and the next write
+ * succeeds. */
 Test(store, failed_write_is_cut_back)
 {
     signal(SIGXFSZ, SIG_IGN);
@@ -1185,8 +1235,13 @@ Test(store, failed_write_is_cut_back)
     memset(val, 'z', sizeof(val));
     wres r = {0};
     int rc = store_put(s, "big", 3, val, sizeof(val), 0, write_cb, &r);
+    cr_assert_eq(rc, KV_OK, "buffered: the error comes through the callback");
+    cr_expect_eq(r.calls, 0, "callback inside store_put");
+    /* Visible to readers until its write fails (NEVER mode reads the buffer). */
+    expect_val_n(s, "big", val, sizeof(val));
+    cr_assert(run_until_cond(wres_done, &r, 10000));
     cr_assert_eq(setrlimit(RLIMIT_FSIZE, &old), 0);
-    cr_expect(rc == KV_EIO || rc == KV_ENOSPC, "got %s", kv_strerror(rc));
+    cr_expect(r.status == KV_EIO || r.status == KV_ENOSPC, "got %s", kv_strerror(r.status));
     cr_expect_eq(file_size(p), size, "partial record left in the log");
     kv_store_stats st;
     store_stats(s, &st);
@@ -1196,7 +1251,7 @@ Test(store, failed_write_is_cut_back)
     /* Space is back: the next write simply works. */
     put_exp(s, "big", val, sizeof(val), 0);
     put_str(s, "after", "ok");
-    cr_expect_eq(r.calls, 0, "a refused write must not call back");
+    cr_expect_eq(r.calls, 1);
     close_store(s);
 
     s = open_store(KV_SYNC_NEVER, 0);
