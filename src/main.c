@@ -68,7 +68,9 @@ static int usage_command(const char *cmd, FILE *out)
     if (strcmp(cmd, "servenode") == 0) {
         fprintf(out, "usage: " PROG " servenode [global flags]\n\n"
                      "Run a node: lock node.data_dir, open the store, serve the HTTP API on\n"
-                     "server.host:server.port until SIGINT or SIGTERM, then shut down cleanly.\n");
+                     "server.host:server.port and peer traffic on cluster.host:cluster.port,\n"
+                     "join the cluster through cluster.seeds (if any), until SIGINT or SIGTERM;\n"
+                     "then announce the leave to the cluster and shut down cleanly.\n");
     } else if (strcmp(cmd, "config") == 0) {
         fprintf(out, "usage: " PROG " config [global flags]\n\n"
                      "Print every configuration key, its effective value and its source\n"

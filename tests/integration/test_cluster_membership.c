@@ -260,6 +260,30 @@ Test(cluster_membership, five_nodes_converge_a_killed_one_is_dead_and_comes_back
     cr_assert_geq(conv, 0, "5 nodes did not converge within 15 s");
     cr_log_info("5 nodes converged %lld ms after the last one answered /healthz", (long long)conv);
 
+    /* What an operator sees: kvtool members, as a table and as JSON. */
+    const char *targv[] = {th_bin("kvtool"), "--server", g_nodes[2].url, "members", NULL};
+    char *out = NULL, *err = NULL;
+    cr_assert_eq(th_run(targv, NULL, NULL, 0, &out, &err, 10000), 0, "kvtool members: %s", err);
+    cr_assert(strstr(out, "NAME") && strstr(out, "INCARNATION") && strstr(out, "SINCE"),
+              "no table header: %s", out);
+    cr_assert(strstr(out, "n2 *") != NULL, "the answering node is not marked: %s", out);
+    cr_assert(strstr(out, "5 members: 5 alive, 0 suspect, 0 dead, 0 left") != NULL, "%s", out);
+    for (int i = 0; i < 5; i++) {
+        char row[64];
+        snprintf(row, sizeof row, "%s  alive", g_nodes[i].peer_addr);
+        cr_assert(strstr(out, row) != NULL, "no alive row for %s: %s", g_nodes[i].peer_addr, out);
+    }
+    free(out);
+    free(err);
+    const char *jargv[] = {th_bin("kvtool"), "--server", g_nodes[2].url, "members", "--json", NULL};
+    cr_assert_eq(th_run(jargv, NULL, NULL, 0, &out, &err, 10000), 0, "kvtool members --json");
+    char name[16];
+    cr_assert(th_json_str(out, "name", name, sizeof name) && strcmp(name, "n2") == 0, "%s", out);
+    cr_assert(strstr(out, "\"state\":\"alive\"") && strstr(out, "\"ring_status\":\"normal\""), "%s",
+              out);
+    free(out);
+    free(err);
+
     /* kill -9 n4: everyone else must see it dead within the bound. */
     double inc_before = incarnation_of(0, "n4");
     int http_port = g_nodes[4].port, cluster_port = g_nodes[4].cluster_port;
