@@ -9,8 +9,10 @@
  *
  * Inputs. Every sealed segment that holds garbage (size - header - live > 0) and has no
  * uncommitted writes (ALWAYS mode: not yet fsync'ed). The active segment is never an
- * input. A segment without garbage holds only records the index points at, so leaving it
- * out cannot leave an older record of any key behind (see "dropping" below).
+ * input; if it holds garbage it is sealed first (a new active segment starts), so that
+ * overwritten keys and purged tombstones in it are reclaimed too. A segment without
+ * garbage holds only records the index points at, so leaving it out cannot leave an older
+ * record of any key behind (see "dropping" below).
  *
  * 1. SNAPSHOT (loop, sliced). Walk the index arena once and collect, for every entry
  *    whose committed state points into an input, (entry ref, segment, offset) — the live
@@ -458,6 +460,11 @@ static void comp_begin(kv_store *s, store_compaction *c)
         comp_end_later(s, c, KV_ENOMEM);
         return;
     }
+    /* Garbage in the active segment (an overwritten key, a purged tombstone) can only be
+     * reclaimed once it is sealed: start a new active segment first. */
+    store_seg *a = store_active(s);
+    if (a->size > STORE_SEG_HDR_LEN && seg_garbage(s, a) && !s->closing)
+        (void)store_rotate(s); /* on failure (a full disk) compact what is sealed */
     c->complete = true;
     for (size_t i = 0; i < s->nsegs; i++) {
         store_seg *g = &s->segs[i];
