@@ -35,6 +35,7 @@ typedef enum cfg_type {
     T_BOOL,
     T_DURATION, /* stored as milliseconds */
     T_SIZE,     /* stored as bytes */
+    T_RATIO,    /* "0.4": a fraction 0..1, stored as thousandths */
     T_ENUM,     /* stored as the index into choices */
     T_LIST,     /* host:port items, stored comma-separated */
 } cfg_type;
@@ -141,6 +142,15 @@ static const cfg_key keytab[] = {
     {.name = "storage.segment_bytes", .type = T_SIZE, .def = "64MiB", .min = 4 * KIB, .max = GIB,
      AT(storage_segment_bytes),
      .help = "size at which a log segment is rotated"},
+    {.name = "storage.compaction_dead_ratio", .type = T_RATIO, .def = "0.4", .min = 50,
+     .max = 1000, AT(storage_compaction_dead_ratio_milli),
+     .help = "compact when this fraction of the segment bytes is garbage (1 = practically never)"},
+    {.name = "storage.compaction_min_bytes", .type = T_SIZE, .def = "64MiB", .min = 0,
+     .max = 1024 * GIB, AT(storage_compaction_min_bytes),
+     .help = "no automatic compaction while the segments hold less than this"},
+    {.name = "storage.compression_threshold", .type = T_SIZE, .def = "1KiB", .min = 0,
+     .max = GIB, AT(storage_compression_threshold),
+     .help = "LZ4-compress values of at least this size when it saves space (0 = never)"},
     {.name = "replication.n", .type = T_INT, .def = "3", .min = 1, .max = 64,
      AT(replication_n),
      .help = "replicas per key"},
@@ -369,6 +379,40 @@ static bool parse_size(const char *s, uint64_t *out)
     return false;
 }
 
+/* "0.4", ".25", "1", "0.125" → thousandths (at most three decimals). */
+static bool parse_ratio(const char *s, uint64_t *out)
+{
+    size_t nd = 0;
+    while (isdigit((unsigned char)s[nd]))
+        nd++;
+    uint64_t whole = 0, frac = 0;
+    if (nd > 1 || (nd == 1 && s[0] != '0' && s[0] != '1'))
+        return false;
+    if (nd == 1)
+        whole = (uint64_t)(s[0] - '0');
+    const char *p = s + nd;
+    if (*p == '.') {
+        p++;
+        int k = 0;
+        for (; isdigit((unsigned char)p[k]); k++) {
+            if (k >= 3)
+                return false;
+            frac = frac * 10 + (uint64_t)(p[k] - '0');
+        }
+        if (k == 0 && nd == 0)
+            return false;
+        for (int m = k; m < 3; m++)
+            frac *= 10;
+        p += k;
+    } else if (nd == 0) {
+        return false;
+    }
+    if (*p)
+        return false;
+    *out = whole * 1000 + frac;
+    return true;
+}
+
 static bool parse_bool(const char *s, uint64_t *out)
 {
     static const char *const t[] = {"true", "yes", "on", "1"};
@@ -416,6 +460,8 @@ static void fmt_num(const cfg_key *k, char *out, size_t cap, uint64_t v)
         fmt_duration(out, cap, v);
     else if (k->type == T_SIZE)
         fmt_size(out, cap, v);
+    else if (k->type == T_RATIO)
+        snprintf(out, cap, "%g", (double)v / 1000.0);
     else
         snprintf(out, cap, "%llu", (unsigned long long)v);
 }
@@ -600,10 +646,14 @@ static int cfg_set(kv_config *cfg, int idx, const char *text, kv_cfg_source src,
     case T_INT:
     case T_PORT:
     case T_DURATION:
-    case T_SIZE: {
+    case T_SIZE:
+    case T_RATIO: {
         bool ok;
         const char *what;
-        if (k->type == T_DURATION) {
+        if (k->type == T_RATIO) {
+            ok = parse_ratio(val, &v);
+            what = "a fraction (e.g. 0.4)";
+        } else if (k->type == T_DURATION) {
             ok = parse_duration(val, &v);
             what = "a duration (e.g. 250ms, 10s, 2m, 1h, or milliseconds)";
         } else if (k->type == T_SIZE) {
@@ -1165,6 +1215,8 @@ static const char *type_name(const cfg_key *k, char *buf, size_t cap)
         return "duration";
     case T_SIZE:
         return "size";
+    case T_RATIO:
+        return "ratio";
     case T_LIST:
         return "list";
     case T_ENUM:

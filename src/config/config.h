@@ -56,6 +56,9 @@ typedef struct kv_config {
     kv_sync_mode storage_sync;
     uint64_t storage_sync_interval_ms;
     uint64_t storage_segment_bytes;
+    uint32_t storage_compaction_dead_ratio_milli; /* garbage fraction, in thousandths */
+    uint64_t storage_compaction_min_bytes;
+    uint64_t storage_compression_threshold; /* bytes; 0 = never compress */
     /* replication.* */
     int replication_n, replication_r, replication_w;
     bool replication_sloppy_quorum; /* fallbacks count toward quorums (DESIGN §9) */

@@ -382,6 +382,22 @@ static void add_store_gauges(kv_node *n)
                            "Writes refused because the disk failed or was full.", st.write_errors);
     kv_metrics_counter_set(n->metrics, "kv_store_sync_errors_total",
                            "fsync rounds that failed (their writes were refused).", st.sync_errors);
+    kv_metrics_gauge(n->metrics, "kv_store_dead_bytes",
+                     "Garbage bytes in segments (what compaction reclaims).",
+                     (double)st.dead_bytes);
+    kv_metrics_gauge(n->metrics, "kv_store_tombstones", "Tombstones held (not purged).",
+                     (double)st.tombstones);
+    kv_metrics_gauge(n->metrics, "kv_store_index_bytes", "Memory held by the key index.",
+                     (double)st.index_bytes);
+    kv_metrics_counter_set(n->metrics, "kv_store_compactions_total", "Compactions finished.",
+                           st.compactions);
+    kv_metrics_counter_set(n->metrics, "kv_store_compaction_errors_total",
+                           "Compactions that failed (old segments kept).", st.compaction_errors);
+    kv_metrics_counter_set(n->metrics, "kv_store_compaction_bytes_written_total",
+                           "Segment bytes written by compactions.", st.compact_bytes_out);
+    kv_metrics_counter_set(n->metrics, "kv_store_expired_dropped_total",
+                           "Expired values and purged tombstones dropped by compaction.",
+                           st.expired_dropped);
 }
 
 static void handle_request(kv_http_req *req, void *arg)
@@ -560,6 +576,14 @@ int kv_node_main(const kv_config *cfg)
         .max_key = cfg->limits_max_key,
         .max_value = cfg->limits_max_value,
         .node_id = kv_node_identity_short(&n->ident),
+        .compression_threshold = cfg->storage_compression_threshold == 0 ? UINT32_MAX
+                                 : cfg->storage_compression_threshold > UINT32_MAX - 1
+                                     ? UINT32_MAX - 1
+                                     : (uint32_t)cfg->storage_compression_threshold,
+        .compaction_dead_ratio = cfg->storage_compaction_dead_ratio_milli / 1000.0,
+        /* 0 means "no minimum" in the config, "the default" in the store. */
+        .compaction_min_bytes =
+            cfg->storage_compaction_min_bytes ? cfg->storage_compaction_min_bytes : 1,
     };
     rc = store_open(&n->store, &n->loop, &so);
     if (rc != KV_OK) {
