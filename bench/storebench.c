@@ -430,7 +430,8 @@ static int remove_hints(const char *data_dir)
 
 typedef struct sb_open_result {
     uint64_t keys, hint_segments, scanned_segments;
-    uint64_t rss_before, rss_after;
+    uint64_t rss_before, rss_after;   /* VmRSS */
+    uint64_t anon_before, anon_after; /* RssAnon: heap and anonymous maps only */
     double secs;
 } sb_open_result;
 
@@ -439,14 +440,15 @@ typedef struct sb_open_result {
 static int measure_open(const char *dir)
 {
     kv_store_opts o = base_opts(dir, KV_SYNC_NEVER);
-    uint64_t r0 = proc_status_kb("VmRSS");
+    uint64_t r0 = proc_status_kb("VmRSS"), a0 = proc_status_kb("RssAnon");
     double secs;
     kv_store *s = open_store(&o, &secs);
-    uint64_t r1 = proc_status_kb("VmRSS");
+    uint64_t r1 = proc_status_kb("VmRSS"), a1 = proc_status_kb("RssAnon");
     kv_store_stats st;
     store_stats(s, &st);
-    printf("%" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %.6f\n", st.keys,
-           st.hint_segments, st.scanned_segments, r0, r1, secs);
+    printf("%" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64
+           " %.6f\n",
+           st.keys, st.hint_segments, st.scanned_segments, r0, r1, a0, a1, secs);
     fflush(stdout);
     close_store(s);
     return 0;
@@ -463,11 +465,13 @@ static int run_measure_open(const char *dir, sb_open_result *r)
     FILE *p = popen(cmd, "r");
     if (!p)
         return -1;
-    int got =
-        fscanf(p, "%" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %lf", &r->keys,
-               &r->hint_segments, &r->scanned_segments, &r->rss_before, &r->rss_after, &r->secs);
+    int got = fscanf(p,
+                     "%" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64
+                     " %" SCNu64 " %lf",
+                     &r->keys, &r->hint_segments, &r->scanned_segments, &r->rss_before,
+                     &r->rss_after, &r->anon_before, &r->anon_after, &r->secs);
     int st = pclose(p);
-    return got == 6 && st == 0 && r->secs > 0 && r->keys > 0 ? 0 : -1;
+    return got == 8 && st == 0 && r->secs > 0 && r->keys > 0 ? 0 : -1;
 }
 
 /* ---------- phases ---------- */
@@ -610,9 +614,15 @@ static void phase_never_gets_compaction_restart(void)
         row("restart from hint files", "≥ 2M keys/s", "**no**",
             "n/a: no hint file was loaded (%s keys, %" PRIu64 " segments scanned)", rate,
             r.scanned_segments);
+    /* Reads go through mmap, so VmRSS after an open also counts the segment and hint pages
+     * the open touched (page cache, shared and reclaimable); RssAnon is the engine's own
+     * memory. */
     double mem = (double)(r.rss_after - r.rss_before) / (double)r.keys - SB_KLEN;
-    row("memory per key after a restart: VmRSS growth of store_open / keys − 16 (fresh process)",
-        "≤ 40 B", yesno(mem <= 40), "%.1f B", mem);
+    double anon = (double)(r.anon_after - r.anon_before) / (double)r.keys - SB_KLEN;
+    row("memory per key after a restart: RssAnon growth of store_open / keys − 16 (fresh "
+        "process)",
+        "≤ 40 B", yesno(anon <= 40),
+        "%.1f B (VmRSS: %.1f B, which adds the mapped file pages the open read)", anon, mem);
     int removed = remove_hints(dir);
     if (run_measure_open(dir, &r) != 0)
         die("restart measurement (child process)", KV_EIO);
