@@ -242,6 +242,28 @@ static double incarnation_of(int observer, const char *name)
     return m->incarnation;
 }
 
+/* Wait until <data_dir>/INCARNATION of node i holds at least want (it is written off the
+ * loop after every change). */
+static bool wait_incarnation_file(int i, double want)
+{
+    char path[400];
+    snprintf(path, sizeof path, "%s/INCARNATION", g_nodes[i].data_dir);
+    int64_t deadline = th_now_ms() + 5000;
+    while (th_now_ms() < deadline) {
+        FILE *f = fopen(path, "r");
+        double v = 0;
+        if (f) {
+            if (fscanf(f, "%lf", &v) != 1)
+                v = 0;
+            fclose(f);
+        }
+        if (v >= want)
+            return true;
+        nap_ms(20);
+    }
+    return false;
+}
+
 /* Stop every running node with SIGTERM; each must exit 0 with a clean log. */
 static void stop_all_clean(int count)
 {
@@ -331,8 +353,11 @@ Test(cluster_membership, a_node_stopped_past_its_suspicion_timeout_refutes_after
     if (back < 0)
         dump_views(4);
     cr_assert_geq(back, 0, "n3 did not come back alive everywhere after SIGCONT");
+    double inc_after = incarnation_of(0, "n3");
     cr_log_info("SIGCONT: n3 alive everywhere after %lld ms with incarnation %g (was %g)",
-                (long long)back, incarnation_of(0, "n3"), inc_before);
+                (long long)back, inc_after, inc_before);
+    cr_assert(wait_incarnation_file(3, inc_after),
+              "n3's INCARNATION file does not hold the refuting incarnation %g", inc_after);
     /* And it did not take anyone else down with it. */
     cr_assert_geq(wait_converged(4, 5000), 0, "the cluster did not settle after SIGCONT");
     stop_all_clean(4);
