@@ -230,6 +230,7 @@ typedef struct ct_writer {
     ct_run *run;
     int conn;
     int round;
+    int fd; /* connected by the main thread before the kill timer starts */
     uint64_t rng;
     /* FIFO of requests in flight on this connection: key index of each. */
     uint32_t q[CT_MAX_DEPTH];
@@ -281,11 +282,11 @@ static void *ct_writer_main(void *arg)
 {
     ct_writer *w = arg;
     uint8_t *vbuf = malloc(CT_MAX_VALUE);
-    int fd = vbuf ? th_connect(w->run->node.port, CT_RESP_TIMEOUT) : -1;
-    if (fd < 0) {
-        snprintf(w->first_error, sizeof w->first_error, "connection %d could not connect", w->conn);
+    int fd = w->fd;
+    if (!vbuf) {
+        snprintf(w->first_error, sizeof w->first_error, "connection %d: out of memory", w->conn);
         w->errors++;
-        free(vbuf);
+        close(fd);
         return NULL;
     }
     for (;;) {
@@ -651,14 +652,27 @@ static int ct_round(ct_run *run, int round, uint64_t *rng)
     int kill_ms = (int)ct_range(rng, (uint64_t)run->o.kill_min_ms, (uint64_t)run->o.kill_max_ms);
     ct_writer w[CT_MAX_CONNS];
     pthread_t th[CT_MAX_CONNS];
+    /* Connect everyone first: a thread that started late must not find the node killed. */
     for (int c = 0; c < run->o.conns; c++) {
         w[c] = (ct_writer){.run = run, .conn = c, .round = round};
         w[c].rng = ct_mix(run->o.seed ^ ((uint64_t)round << 20) ^ (uint64_t)c);
+        w[c].fd = th_connect(run->node.port, CT_RESP_TIMEOUT);
+        if (w[c].fd < 0) {
+            ct_fail(run, "round %d: connection %d could not connect", round, c);
+            for (int j = 0; j < c; j++)
+                close(w[j].fd);
+            th_node_kill9(&run->node);
+            return -1;
+        }
+    }
+    for (int c = 0; c < run->o.conns; c++) {
         if (pthread_create(&th[c], NULL, ct_writer_main, &w[c]) != 0) {
             ct_fail(run, "pthread_create failed");
             th_node_kill9(&run->node);
             for (int j = 0; j < c; j++)
                 pthread_join(th[j], NULL);
+            for (int j = c; j < run->o.conns; j++)
+                close(w[j].fd);
             return -1;
         }
     }
