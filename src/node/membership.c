@@ -167,19 +167,24 @@ static void memb_inc_done(uv_work_t *w, int status)
 {
     kv_membership *m = w->data;
     m->inc_busy = false;
-    if (status == 0 && m->inc_rc == KV_OK)
+    if (status == 0 && m->inc_rc == KV_OK) {
         m->inc_stored = m->inc_writing;
-    else
-        kv_log_warn("cannot persist own incarnation; a restart refutes stale state instead",
+        /* A newer one arrived meanwhile: write it too, even while closing — the leave's
+         * incarnation is the one a restart must start above. */
+        if (m->inc_want > m->inc_stored)
+            memb_inc_start(m);
+    } else {
+        /* Not retried at once (a full disk would spin); the next change tries again. */
+        kv_log_warn("cannot persist own incarnation; after a restart the node refutes stale "
+                    "state about itself instead",
                     KV_UINT("incarnation", m->inc_writing));
-    if (!m->closing && m->inc_want > m->inc_stored)
-        memb_inc_start(m);
+    }
     memb_release(m);
 }
 
 static void memb_inc_start(kv_membership *m)
 {
-    if (m->inc_busy || m->closing)
+    if (m->inc_busy)
         return;
     m->inc_writing = m->inc_want;
     m->inc_work.data = m;

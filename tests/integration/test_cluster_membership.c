@@ -363,7 +363,7 @@ Test(cluster_membership, a_node_stopped_past_its_suspicion_timeout_refutes_after
     stop_all_clean(4);
 }
 
-Test(cluster_membership, sigterm_leaves_and_every_node_sees_left)
+Test(cluster_membership, sigterm_leaves_every_node_sees_left_and_a_restart_rejoins)
 {
     start_node(0, NULL, 0, 0);
     for (int i = 1; i < 3; i++)
@@ -384,7 +384,19 @@ Test(cluster_membership, sigterm_leaves_and_every_node_sees_left)
     char *log = th_log_read(&g_nodes[2]);
     cr_expect(strstr(log, "msg=\"left the cluster\"") != NULL, "n2 did not log its leave");
     free(log);
-    stop_all_clean(2);
+
+    /* A rolling restart: it comes back above the incarnation it left with. */
+    double inc_left = incarnation_of(0, "n2");
+    cr_assert(wait_incarnation_file(2, inc_left), "n2 did not persist its leave's incarnation");
+    start_node(2, g_nodes[0].peer_addr, g_nodes[2].port, g_nodes[2].cluster_port);
+    int64_t back = wait_all_see(3, -1, "n2", "alive", inc_left, 10000);
+    if (back < 0)
+        dump_views(3);
+    cr_assert_geq(back, 0, "n2 did not come back alive above incarnation %g", inc_left);
+    cr_log_info("restart after leave: n2 alive everywhere after %lld ms (incarnation %g, left "
+                "with %g)",
+                (long long)back, incarnation_of(0, "n2"), inc_left);
+    stop_all_clean(3);
 }
 
 Test(cluster_membership, a_seed_that_is_down_at_start_is_retried_until_it_comes_up)
