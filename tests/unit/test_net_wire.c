@@ -332,3 +332,46 @@ Test(wire, random_corruption_never_crashes)
     free(d);
     kv_buf_free(&b);
 }
+
+/* The core budgets messages with swim.h's wire bounds: the encoding must stay within them,
+ * at the extremes of every field. */
+Test(wire, encodings_stay_within_the_cores_wire_bounds)
+{
+    char name[SWIM_NAME_MAX + 1], addr[SWIM_ADDR_MAX + 1];
+    memset(name, 'n', SWIM_NAME_MAX);
+    name[SWIM_NAME_MAX] = '\0';
+    memset(addr, 'a', SWIM_ADDR_MAX - 6);
+    snprintf(addr + SWIM_ADDR_MAX - 6, 7, ":65535");
+    static swim_update ups[SWIM_MAX_UPDATES];
+    static swim_node members[100];
+    for (int i = 0; i < SWIM_MAX_UPDATES; i++) {
+        ups[i].node = mknode((uint8_t)i, i % 2 ? name : "", i % 3 ? addr : "h:1",
+                             i % 2 ? UINT64_MAX : 0, SWIM_LEFT, SWIM_RING_REMOVED);
+        memset(ups[i].from.b, 0xff, SWIM_ID_LEN);
+    }
+    for (int i = 0; i < 100; i++)
+        members[i] =
+            mknode((uint8_t)i, name, addr, UINT64_MAX - (uint64_t)i, SWIM_DEAD, SWIM_RING_LEAVING);
+    for (int variant = 0; variant < 4; variant++) {
+        swim_msg m;
+        memset(&m, 0, sizeof(m));
+        m.type = variant == 3 ? SWIM_MSG_PUSH_PULL_REPLY : SWIM_MSG_PING_REQ;
+        memset(m.from.b, 0xff, SWIM_ID_LEN);
+        memset(m.target.b, 0xff, SWIM_ID_LEN);
+        m.seq = UINT32_MAX;
+        m.flags = UINT32_MAX;
+        m.digest.count = UINT32_MAX;
+        m.digest.hash = UINT64_MAX;
+        snprintf(m.target_addr, sizeof(m.target_addr), "%s", variant == 0 ? "" : addr);
+        m.n_updates = variant == 0 ? 0 : variant == 1 ? 1 : SWIM_MAX_UPDATES;
+        m.updates = ups;
+        m.n_members = variant == 3 ? 100 : 0;
+        m.members = members;
+        kv_buf b = KV_BUF_INIT;
+        cr_assert_eq(kv_wire_encode(&b, addr, &m), KV_OK);
+        size_t bound = swim_msg_wire_bound(&m);
+        cr_assert_leq(b.len, bound, "variant %d: encoded %zu bytes, the core budgets %zu", variant,
+                      b.len, bound);
+        kv_buf_free(&b);
+    }
+}
