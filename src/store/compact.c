@@ -204,8 +204,13 @@ struct store_job {
     int fd;
     uint64_t size;
     uint64_t entries;
-    /* JOB_DELETE */
+    /* JOB_DELETE: segments already out of the index and the segment table; the worker
+     * unmaps and closes them (unmapping costs TLB shootdowns: not on the loop) and
+     * removes their files */
     uint32_t *ids;
+    int *fds;
+    uint8_t **maps;
+    size_t *maplens;
     size_t nids;
 };
 
@@ -278,6 +283,11 @@ static void delete_work(uv_work_t *req)
     store_job *j = req->data;
     kv_store *s = j->s;
     for (size_t i = 0; i < j->nids; i++) {
+        if (j->maps[i])
+            munmap(j->maps[i], j->maplens[i]);
+        close(j->fds[i]);
+    }
+    for (size_t i = 0; i < j->nids; i++) {
         char nm[PATH_MAX];
         store_seg_name(nm, sizeof(nm), s->path, j->ids[i], ".hint");
         unlink(nm);
@@ -309,6 +319,9 @@ static void job_after(uv_work_t *req, int status)
         comp_after_delete(s, err);
     }
     free(j->ids);
+    free(j->fds);
+    free(j->maps);
+    free(j->maplens);
     free(j);
     if (s->closing)
         store_kick(s);
@@ -822,31 +835,44 @@ static void swap_item(kv_store *s, store_compaction *c, const cj_item *it)
 static void start_delete(kv_store *s, store_compaction *c)
 {
     store_job *j = calloc(1, sizeof(*j));
-    uint32_t *ids = j ? malloc(c->nin * sizeof(*ids)) : NULL;
+    bool ok = j && (j->ids = malloc(c->nin * sizeof(*j->ids))) &&
+              (j->fds = malloc(c->nin * sizeof(*j->fds))) &&
+              (j->maps = malloc(c->nin * sizeof(*j->maps))) &&
+              (j->maplens = malloc(c->nin * sizeof(*j->maplens)));
     size_t nids = 0;
     for (size_t i = 0; i < c->nin; i++) {
         store_seg *g = store_find_seg(s, c->in[i].id);
         if (!g)
             continue;
         s->st.disk_bytes -= g->size;
-        store_seg_unmap(g);
-        close(g->fd);
+        if (ok) {
+            j->ids[nids] = g->id;
+            j->fds[nids] = g->fd;
+            j->maps[nids] = g->map;
+            j->maplens[nids] = g->maplen;
+            nids++;
+        } else {
+            store_seg_unmap(g);
+            close(g->fd);
+        }
         store_segs_remove(s, c->in[i].id);
-        if (ids)
-            ids[nids++] = c->in[i].id;
     }
     c->phase = CP_DELETE;
-    if (!j || !ids) {
+    if (!ok) {
         /* Cannot even queue the unlinks: the files stay and open sorts them out (their
          * records are older or equal copies). */
+        if (j) {
+            free(j->ids);
+            free(j->fds);
+            free(j->maps);
+            free(j->maplens);
+        }
         free(j);
-        free(ids);
         comp_after_delete(s, ENOMEM);
         store_kick(s);
         return;
     }
     j->kind = JOB_DELETE;
-    j->ids = ids;
     j->nids = nids;
     run_job(s, j, delete_work);
 }

@@ -148,12 +148,23 @@ static uint8_t place(store_bucket *bk, size_t nbk, uint64_t hash, uint32_t ref)
     return was;
 }
 
+/* Big, randomly accessed memory: ask for transparent huge pages, which spare most TLB
+ * misses and page faults (a no-op where the kernel does not offer them). */
+static void want_huge(void *p, size_t n)
+{
+    if (n >= (2u << 20))
+        madvise(p, n, MADV_HUGEPAGE);
+}
+
 static store_bucket *table_alloc(size_t nbk)
 {
     /* Anonymous memory: zeroed (all slots empty) and page-aligned (whole cache lines). */
-    void *p = mmap(NULL, nbk * sizeof(store_bucket), PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    return p == MAP_FAILED ? NULL : p;
+    size_t n = nbk * sizeof(store_bucket);
+    void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    want_huge(p, n);
+    return p;
 }
 
 /* Rebuild the table with nbk buckets from the arena (drops deleted markers). */
@@ -224,6 +235,7 @@ static int arena_room(store_index *ix, size_t bytes)
     }
     ix->arena = p;
     ix->arena_cap = cap;
+    want_huge(p, cap);
     return KV_OK;
 }
 

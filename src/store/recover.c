@@ -116,6 +116,17 @@ static int load_apply(kv_store *s, load_ctx *lc, const uint8_t *key, size_t klen
 
 /* ---------- hint files ---------- */
 
+/* Map a whole file for one sequential pass, faulted in up front (one call instead of a
+ * page fault every few pages). NULL on failure. */
+static uint8_t *map_whole(int fd, uint64_t size)
+{
+    void *p = mmap(NULL, size, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    madvise(p, size, MADV_SEQUENTIAL);
+    return p;
+}
+
 /* The record at e->off of the segment (mapped at base, seg_size bytes) is intact and is
  * the one the hint entry describes. */
 static bool hint_matches(const uint8_t *base, uint64_t seg_size, const store_hint_ent *e)
@@ -138,24 +149,31 @@ static bool hint_matches(const uint8_t *base, uint64_t seg_size, const store_hin
  */
 static int load_hint(kv_store *s, load_ctx *lc, store_seg *seg, uint64_t seg_size)
 {
-    if (!seg->map || seg->maplen < seg_size)
-        return KV_ECORRUPT; /* cannot check the records cheaply: scan instead */
+    /* A mapping of its own for the check, dropped afterwards: the pages it touches are
+     * not kept in the process (the read mapping of the segment stays untouched). */
+    uint8_t *base = seg_size ? map_whole(seg->fd, seg_size) : NULL;
+    if (!base)
+        return KV_ECORRUPT; /* cannot check the records: scan instead */
     char name[PATH_MAX];
     store_seg_name(name, sizeof(name), s->path, seg->id, ".hint");
     int fd = open(name, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    if (fd < 0) {
+        munmap(base, seg_size);
         return KV_ECORRUPT;
+    }
     struct stat sb;
     if (fstat(fd, &sb) != 0 || sb.st_size < STORE_HINT_HDR_LEN + STORE_HINT_FOOT_LEN) {
         close(fd);
+        munmap(base, seg_size);
         return KV_ECORRUPT;
     }
     size_t n = (size_t)sb.st_size;
-    uint8_t *p = mmap(NULL, n, PROT_READ, MAP_PRIVATE, fd, 0);
+    uint8_t *p = map_whole(fd, n);
     close(fd);
-    if (p == MAP_FAILED)
+    if (!p) {
+        munmap(base, seg_size);
         return KV_ECORRUPT;
-    madvise(p, n, MADV_SEQUENTIAL);
+    }
     int rc = KV_ECORRUPT;
     store_hint_hdr h;
     store_hint_status hs = store_hint_check(p, n, &h);
@@ -180,7 +198,7 @@ static int load_hint(kv_store *s, load_ctx *lc, store_seg *seg, uint64_t seg_siz
             k++;
         }
         for (int i = 0; i < k; i++) {
-            if (!hint_matches(seg->map, seg_size, &e[i])) {
+            if (!hint_matches(base, seg_size, &e[i])) {
                 kv_log_warn("skipped corrupt record", KV_UINT("segment", seg->id),
                             KV_UINT("offset", e[i].off), KV_STR("found_by", "hint"));
                 s->st.corrupt_records++;
@@ -201,6 +219,7 @@ static int load_hint(kv_store *s, load_ctx *lc, store_seg *seg, uint64_t seg_siz
     rc = KV_OK;
 out:
     munmap(p, n);
+    munmap(base, seg_size);
     return rc;
 }
 
@@ -263,14 +282,13 @@ static int scan_segment(kv_store *s, load_ctx *lc, store_seg *seg, bool last, bo
         return KV_OK;
     }
 
-    uint8_t *base = mmap(NULL, size, PROT_READ, MAP_SHARED, seg->fd, 0);
-    if (base == MAP_FAILED) {
+    uint8_t *base = map_whole(seg->fd, size);
+    if (!base) {
         kv_log_error("cannot map segment", KV_UINT("segment", seg->id),
                      KV_STR("reason", strerror(errno)));
         return KV_EIO;
     }
     /* One sequential pass over the file. */
-    madvise(base, size, MADV_SEQUENTIAL);
 
     store_seg_hdr sh;
     switch (store_seg_hdr_decode(base, size, &sh)) {
@@ -503,6 +521,33 @@ int store_recover(kv_store *s)
             appendable = g->id;
     }
 
+    /* Room in the index for every key the hint files list, before loading any: growing
+     * the table on the way would rehash everything loaded so far, again and again. */
+    uint64_t hinted = 0, hinted_keys = 0;
+    for (size_t i = 0; i < dl.nhints; i++) {
+        char nm[32];
+        store_seg_name(nm, sizeof(nm), ".", dl.hints[i], ".hint");
+        int hfd = openat(s->dirfd, nm + 2, O_RDONLY | O_CLOEXEC);
+        uint8_t hb[STORE_HINT_HDR_LEN];
+        if (hfd < 0)
+            continue;
+        if (pread(hfd, hb, sizeof(hb), 0) == (ssize_t)sizeof(hb) && fstat(hfd, &sb) == 0) {
+            uint64_t count = store_rd64(hb + 24);
+            uint64_t body = (uint64_t)sb.st_size > STORE_HINT_HDR_LEN + STORE_HINT_FOOT_LEN
+                                ? (uint64_t)sb.st_size - STORE_HINT_HDR_LEN - STORE_HINT_FOOT_LEN
+                                : 0;
+            if (store_rd32(hb) == STORE_HINT_MAGIC && count <= body / STORE_HINT_ENT_LEN) {
+                hinted += count;
+                hinted_keys += body - count * STORE_HINT_ENT_LEN;
+            }
+        }
+        close(hfd);
+    }
+    if (hinted && store_index_reserve(&s->index, (size_t)hinted, (size_t)hinted_keys) != KV_OK) {
+        rc = KV_ENOMEM;
+        goto out;
+    }
+
     load_ctx lc = {.now = store_wall_ms()};
     bool appendable_bad = false;
     for (size_t i = 0; i < s->nsegs; i++) {
@@ -514,10 +559,10 @@ int store_recover(kv_store *s)
         }
         if (has_id(dl.hints, dl.nhints, g->id)) {
             uint64_t fsz = (uint64_t)sb.st_size;
-            store_seg_map(s, g, last && fsz < s->seg_bytes ? s->seg_bytes : fsz);
             rc = load_hint(s, &lc, g, fsz);
             if (rc == KV_OK) {
                 g->size = g->flushed = fsz;
+                store_seg_map(s, g, last && fsz < s->seg_bytes ? s->seg_bytes : fsz);
                 s->st.hint_segments++;
                 s->st.disk_bytes += g->size;
                 /* Written at the last clean close; we are about to append, so it goes. */
@@ -528,7 +573,6 @@ int store_recover(kv_store *s)
             if (rc != KV_ECORRUPT)
                 goto out; /* out of memory: the hint was fine */
             /* Rejected before any entry was applied (load_hint checks it whole). */
-            store_seg_unmap(g);
             s->st.bad_hints++;
             kv_log_warn("hint file rejected; scanning its segment instead",
                         KV_UINT("segment", g->id));
