@@ -453,6 +453,10 @@ static void handle_request(kv_http_req *req, void *arg)
             respond_method_not_allowed(req, method_allow_get);
             return;
         }
+        if (!n->memb) { /* only while starting or after the cluster was left */
+            kv_http_respond_problem(req, 503, "not_ready", "membership is not running");
+            return;
+        }
         kv_buf out = KV_BUF_INIT;
         if (kv_membership_members_json(n->memb, &out) != KV_OK)
             kv_http_respond_problem(req, 500, "internal", "out of memory");
