@@ -58,8 +58,12 @@ if [[ ! -f $bld/CMakeCache.txt ]]; then
         exit 1
     fi
 fi
-if ! cmake --build "$bld" --target "$target" -j"$(nproc 2>/dev/null || echo 2)" \
-    >"$bld/build-$target.log" 2>&1; then
+build() {
+    cmake --build "$bld" --target "$target" -j"$(nproc 2>/dev/null || echo 2)" \
+        >"$bld/build-$target.log" 2>&1
+}
+# A target added since the last configure is unknown to the build tool: configure again.
+if ! build && ! { cmake "$bld" >>"$bld/configure.log" 2>&1 && build; }; then
     cat "$bld/build-$target.log"
     echo "fuzz: building $target failed" >&2
     exit 1

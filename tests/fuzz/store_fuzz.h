@@ -219,9 +219,11 @@ FZ_UNUSED static bool collect(void *arg, const kv_store_item *it)
  * Enumerate the whole ring with store_range (small chunks, so the cursor is exercised)
  * and hold every item to what store_get_meta and store_get say about the same key: the
  * same version and kind, a value readable (or reported damaged) exactly when the item is
- * a live value, no key reported twice, and as many items as the index holds.
+ * a live value, no key reported twice, and as many items as the index holds. The items
+ * are left in *out (the caller frees them with fz_items_free).
  */
-FZ_UNUSED static void enumerate_and_check(kv_store *s, const fz_file *files, int nfiles)
+FZ_UNUSED static void enumerate_and_check(kv_store *s, const fz_file *files, int nfiles,
+                                          fz_items *out)
 {
     fz_items items = {0};
     store_cursor cur = {0};
@@ -254,16 +256,57 @@ FZ_UNUSED static void enumerate_and_check(kv_store *s, const fz_file *files, int
         } else {
             FZ_CHECK(rc == KV_OK || rc == KV_ECORRUPT || rc == KV_EIO,
                      "a live value reads back or is reported damaged");
-            if (rc == KV_OK)
+            bool probe = it->klen == strlen(FZ_PROBE_KEY) &&
+                         memcmp(it->key, FZ_PROBE_KEY, it->klen) == 0; /* not in files */
+            if (rc == KV_OK && !probe)
                 FZ_CHECK(kv_version_cmp(&ver, &it->ver) == 0 &&
                              intact_record_matches(files, nfiles, it->key, it->klen, &ver, &val),
                          "the value served is the intact record of the enumerated version");
         }
-        free(items.keys[i]);
     }
     kv_buf_free(&val);
-    free(items.v);
-    free(items.keys);
+    *out = items;
+}
+
+FZ_UNUSED static void fz_items_free(fz_items *c)
+{
+    for (size_t i = 0; i < c->n; i++)
+        free(c->keys[i]);
+    free(c->v);
+    free(c->keys);
+    *c = (fz_items){0};
+}
+
+/* Is the item for key (klen bytes) in c? Its index, or SIZE_MAX. */
+FZ_UNUSED static size_t fz_items_find(const fz_items *c, const void *key, size_t klen)
+{
+    for (size_t i = 0; i < c->n; i++)
+        if (c->v[i].klen == klen && memcmp(c->v[i].key, key, klen) == 0)
+            return i;
+    return SIZE_MAX;
+}
+
+/*
+ * A restart must not change what the store holds: b (after close and reopen) has exactly
+ * a's keys with the same versions and kinds, plus the probe key written in between.
+ */
+FZ_UNUSED static void fz_items_check_same(const fz_items *a, const fz_items *b)
+{
+    size_t probes = 0;
+    for (size_t i = 0; i < b->n; i++) {
+        const kv_store_item *y = &b->v[i];
+        if (y->klen == strlen(FZ_PROBE_KEY) && memcmp(y->key, FZ_PROBE_KEY, y->klen) == 0) {
+            probes++;
+            continue;
+        }
+        size_t j = fz_items_find(a, y->key, y->klen);
+        FZ_CHECK(j != SIZE_MAX, "a restart brings back no key that was not there before");
+        FZ_CHECK(kv_version_cmp(&a->v[j].ver, &y->ver) == 0 && a->v[j].tombstone == y->tombstone,
+                 "a restart keeps every key's version and kind");
+    }
+    FZ_CHECK(probes == 1, "the probe is there after the restart");
+    size_t a_probe = fz_items_find(a, FZ_PROBE_KEY, strlen(FZ_PROBE_KEY)) != SIZE_MAX;
+    FZ_CHECK(b->n == a->n - a_probe + 1, "a restart loses no key");
 }
 
 /* ---------- loop helpers ---------- */
@@ -326,7 +369,8 @@ FZ_UNUSED static void expect_probe(kv_store *s)
  * a plausible record header anywhere reads back intact or as absent/damaged, never as
  * bytes that are not an intact record of that key and version; store_range, store_get_meta
  * and store_get agree; a put after recovery completes, reads back, and survives a close
- * and a reopen. A broken promise aborts.
+ * and a reopen, which changes nothing else (same keys, versions and kinds). A broken
+ * promise aborts.
  */
 FZ_UNUSED static void fz_check_store(const fz_file *files, int nfiles)
 {
@@ -341,7 +385,8 @@ FZ_UNUSED static void fz_check_store(const fz_file *files, int nfiles)
         return;
     }
     read_every_key(s, files, nfiles);
-    enumerate_and_check(s, files, nfiles);
+    fz_items before;
+    enumerate_and_check(s, files, nfiles, &before);
 
     fz_wait w = {0};
     rc = store_put(s, FZ_PROBE_KEY, strlen(FZ_PROBE_KEY), FZ_PROBE_VAL, strlen(FZ_PROBE_VAL), 0,
@@ -356,6 +401,11 @@ FZ_UNUSED static void fz_check_store(const fz_file *files, int nfiles)
     rc = store_open(&s, &g_loop, &o);
     FZ_CHECK(rc == KV_OK, "the store reopens after recovery and one write");
     expect_probe(s);
+    fz_items after;
+    enumerate_and_check(s, files, nfiles, &after);
+    fz_items_check_same(&before, &after);
+    fz_items_free(&before);
+    fz_items_free(&after);
     close_store(s);
 }
 
