@@ -117,6 +117,7 @@ static uint32_t swim_rand_below(swim_rng *r, uint32_t n)
 
 typedef struct swim_mem {
     swim_member pub;
+    uint32_t slot; /* its entry in the id table */
     uint64_t hash; /* this member's share of the view digest */
     int32_t bcast; /* its entry in the broadcast queue, or SWIM_NONE */
     /* suspicion (state SUSPECT) */
@@ -131,8 +132,19 @@ typedef struct swim_mem {
     uint32_t accusers[SWIM_CONFIRM_MAX];
 } swim_mem;
 
+/* The id table holds copies of each member's incarnation and state next to its id, so
+ * that the common case — gossip we already have — is settled with one memory access
+ * (which matters when tests/sim holds a thousand views of a thousand members). */
+typedef struct swim_slot {
+    swim_member_id id;
+    uint64_t inc;
+    uint32_t idx1; /* member index + 1; 0 = empty */
+    uint32_t state;
+} swim_slot;
+
 typedef struct swim_bc {
     swim_update u;
+    uint32_t size; /* swim_update_wire_bound(&u) */
     uint32_t transmits;
     int32_t prev, next; /* bucket list links, or free-list link (next) */
 } swim_bc;
@@ -186,7 +198,7 @@ struct swim_t {
     /* members */
     swim_mem *mem;
     size_t n_mem, cap_mem;
-    uint32_t *ht; /* index + 1; 0 = empty */
+    swim_slot *ht; /* open addressing, linear probing, at most half full */
     size_t ht_cap;
     uint64_t digest_hash;
     size_t n_live;
@@ -417,6 +429,7 @@ void swim_config_default(swim_config *c)
     c->awareness_max = 8;
     c->loop_lag_threshold_ms = 200;
     c->max_msg_bytes = 1400;
+    c->max_gossip_bytes = 8192;
     c->join_retry_min_ms = 1000;
     c->join_retry_max_ms = 10000;
     c->dead_reap_ms = 86400000u;
@@ -430,7 +443,8 @@ static bool swim_config_valid(const swim_config *c)
            c->suspicion_max_mult >= 1 && c->retransmit_mult > 0 && c->gossip_interval_ms > 0 &&
            c->push_pull_interval_ms > 0 && c->awareness_max >= 1 &&
            c->max_msg_bytes >= SWIM_MSG_WIRE_FIXED + SWIM_ADDR_MAX + 256 &&
-           c->join_retry_min_ms > 0 && c->join_retry_max_ms >= c->join_retry_min_ms;
+           c->max_gossip_bytes >= c->max_msg_bytes && c->join_retry_min_ms > 0 &&
+           c->join_retry_max_ms >= c->join_retry_min_ms;
 }
 
 /* ---------- effects: events ---------- */
@@ -528,13 +542,26 @@ static void swim_reset_effects(swim_t *s)
 
 /* ---------- members: lookup ---------- */
 
+static void swim_ht_put(swim_t *s, uint32_t i)
+{
+    swim_mem *m = &s->mem[i];
+    size_t j = swim_id_hash32(&m->pub.node.id) & (s->ht_cap - 1);
+    while (s->ht[j].idx1)
+        j = (j + 1) & (s->ht_cap - 1);
+    s->ht[j].id = m->pub.node.id;
+    s->ht[j].inc = m->pub.node.incarnation;
+    s->ht[j].state = m->pub.node.state;
+    s->ht[j].idx1 = i + 1;
+    m->slot = (uint32_t)j;
+}
+
 static void swim_ht_rebuild(swim_t *s)
 {
     size_t need = 16;
     while (need < s->n_mem * 2 + 2)
         need *= 2;
     if (need != s->ht_cap) {
-        uint32_t *nh = malloc(need * sizeof(*nh));
+        swim_slot *nh = malloc(need * sizeof(*nh));
         if (!nh)
             abort(); /* cannot keep the table consistent without it; a broken invariant */
         free(s->ht);
@@ -542,24 +569,25 @@ static void swim_ht_rebuild(swim_t *s)
         s->ht_cap = need;
     }
     memset(s->ht, 0, s->ht_cap * sizeof(*s->ht));
-    for (size_t i = 0; i < s->n_mem; i++) {
-        size_t j = swim_id_hash32(&s->mem[i].pub.node.id) & (s->ht_cap - 1);
-        while (s->ht[j])
-            j = (j + 1) & (s->ht_cap - 1);
-        s->ht[j] = (uint32_t)i + 1;
+    for (size_t i = 0; i < s->n_mem; i++)
+        swim_ht_put(s, (uint32_t)i);
+}
+
+static const swim_slot *swim_find_slot(const swim_t *s, const swim_member_id *id)
+{
+    size_t j = swim_id_hash32(id) & (s->ht_cap - 1);
+    while (s->ht[j].idx1) {
+        if (swim_id_equal(&s->ht[j].id, id))
+            return &s->ht[j];
+        j = (j + 1) & (s->ht_cap - 1);
     }
+    return NULL;
 }
 
 static int32_t swim_find_idx(const swim_t *s, const swim_member_id *id)
 {
-    size_t j = swim_id_hash32(id) & (s->ht_cap - 1);
-    while (s->ht[j]) {
-        uint32_t i = s->ht[j] - 1;
-        if (swim_id_equal(&s->mem[i].pub.node.id, id))
-            return (int32_t)i;
-        j = (j + 1) & (s->ht_cap - 1);
-    }
-    return SWIM_NONE;
+    const swim_slot *sl = swim_find_slot(s, id);
+    return sl ? (int32_t)sl->idx1 - 1 : SWIM_NONE;
 }
 
 static swim_mem *swim_find(swim_t *s, const swim_member_id *id)
@@ -583,6 +611,8 @@ static void swim_set_node(swim_t *s, swim_mem *m, uint64_t inc, swim_state st, s
     m->pub.node.incarnation = inc;
     m->pub.node.state = st;
     m->pub.node.ring = r;
+    s->ht[m->slot].inc = inc;
+    s->ht[m->slot].state = st;
     m->hash = swim_node_hash(&m->pub.node);
     s->digest_hash += m->hash;
     if (swim_is_live(st))
@@ -753,15 +783,21 @@ static void swim_bucket_push(swim_t *s, int32_t i, bool at_head)
     }
 }
 
-static void swim_bc_release(swim_t *s, int32_t i)
+/* Take entry i out of the queue (its member's bcast link is the caller's business). */
+static void swim_bc_unqueue(swim_t *s, int32_t i)
 {
     swim_bucket_unlink(s, i);
-    swim_mem *m = swim_find(s, &s->bc[i].u.node.id);
-    if (m && m->bcast == i)
-        m->bcast = SWIM_NONE;
     s->bc[i].next = s->bc_free;
     s->bc_free = i;
     s->bc_queued--;
+}
+
+static void swim_bc_release(swim_t *s, int32_t i)
+{
+    swim_mem *m = swim_find(s, &s->bc[i].u.node.id);
+    if (m && m->bcast == i)
+        m->bcast = SWIM_NONE;
+    swim_bc_unqueue(s, i);
 }
 
 /* Queue news about m (its current record) with the given from; replaces older news. */
@@ -785,6 +821,7 @@ static void swim_broadcast(swim_t *s, swim_mem *m, const swim_member_id *from)
     swim_bc *b = &s->bc[i];
     b->u.node = m->pub.node;
     b->u.from = *from;
+    b->size = (uint32_t)swim_update_wire_bound(&b->u);
     b->transmits = 0;
     swim_bucket_push(s, i, true);
 }
@@ -815,7 +852,7 @@ static uint32_t swim_take_updates(swim_t *s, size_t budget, const swim_update *f
             const swim_update *u = &s->bc[i].u;
             if (first && swim_id_equal(&u->node.id, &first->node.id))
                 continue;
-            size_t sz = swim_update_wire_bound(u);
+            size_t sz = s->bc[i].size;
             if (sz > budget) {
                 if (++skipped > 8)
                     goto done;
@@ -848,7 +885,11 @@ static void swim_send_small(swim_t *s, const char *to, swim_class cls, swim_msg 
                             const swim_update *first)
 {
     size_t fixed = SWIM_MSG_WIRE_FIXED + strlen(msg->target_addr);
-    size_t budget = s->cfg.max_msg_bytes > fixed ? s->cfg.max_msg_bytes - fixed : 0;
+    /* probe-lane messages stay small so nothing delays them; GOSSIP messages ride the
+     * bulk lane and may carry more, which is what keeps dissemination ahead of the news
+     * when loss makes a large cluster suspect (and refute) many members at once */
+    size_t cap = msg->type == SWIM_MSG_GOSSIP ? s->cfg.max_gossip_bytes : s->cfg.max_msg_bytes;
+    size_t budget = cap > fixed ? cap - fixed : 0;
     size_t off = s->n_upool;
     msg->from = s->mem[0].pub.node.id;
     msg->n_updates = swim_take_updates(s, budget, first);
@@ -914,15 +955,11 @@ static swim_mem *swim_add(swim_t *s, uint64_t now, const swim_node *n)
     m->pub.since_ms = now;
     m->bcast = SWIM_NONE;
     m->hash = 0;
-    swim_set_node(s, m, n->incarnation, n->state, n->ring);
-    if (s->n_mem * 2 + 2 > s->ht_cap) {
+    if (s->n_mem * 2 + 2 > s->ht_cap)
         swim_ht_rebuild(s);
-    } else {
-        size_t j = swim_id_hash32(&n->id) & (s->ht_cap - 1);
-        while (s->ht[j])
-            j = (j + 1) & (s->ht_cap - 1);
-        s->ht[j] = (uint32_t)(s->n_mem - 1) + 1;
-    }
+    else
+        swim_ht_put(s, (uint32_t)(s->n_mem - 1));
+    swim_set_node(s, m, n->incarnation, n->state, n->ring);
     swim_plist_insert_random(s, (uint32_t)(s->n_mem - 1));
     swim_emit(s, SWIM_EV_MEMBER_ADDED, m, NULL);
     return m;
@@ -965,8 +1002,11 @@ static void swim_reap(swim_t *s, uint64_t now)
             s->tombs[s->n_tombs++] =
                 (swim_tomb){m->pub.node.id, m->pub.node.incarnation, now + s->cfg.tombstone_ms};
         swim_emit(s, SWIM_EV_MEMBER_REAPED, m, NULL);
-        if (m->bcast != SWIM_NONE)
-            swim_bc_release(s, m->bcast);
+        if (m->bcast != SWIM_NONE) {
+            /* the id table is stale while members move: no lookups in here */
+            swim_bc_unqueue(s, m->bcast);
+            m->bcast = SWIM_NONE;
+        }
         s->digest_hash -= m->hash;
         s->mem[i] = s->mem[s->n_mem - 1];
         s->n_mem--;
@@ -1166,8 +1206,6 @@ static void swim_apply_suspect(swim_t *s, uint64_t now, const swim_member_id *id
     m->n_accusers = 1;
     m->accusers[0] = swim_id_hash32(from);
     swim_susp_arm(s, m);
-    if (swim_id_equal(from, &s->mem[0].pub.node.id))
-        s->st.suspicions++;
     swim_emit(s, SWIM_EV_MEMBER_UPDATED, m, &old);
     swim_broadcast(s, m, from);
 }
@@ -1202,6 +1240,16 @@ static void swim_apply_dead(swim_t *s, uint64_t now, const swim_member_id *id, u
 
 static void swim_apply_update(swim_t *s, uint64_t now, const swim_update *u)
 {
+    /* most gossip is news we already have: drop it after one look at the member */
+    const swim_slot *m = swim_find_slot(s, &u->node.id);
+    if (m) {
+        uint64_t inc = u->node.incarnation;
+        if (inc < m->inc)
+            return;
+        if (inc == m->inc && u->node.state != SWIM_SUSPECT &&
+            (u->node.state == SWIM_ALIVE || u->node.state == (swim_state)m->state))
+            return;
+    }
     switch (u->node.state) {
     case SWIM_ALIVE:
         swim_apply_alive(s, now, &u->node, true);
@@ -1217,9 +1265,12 @@ static void swim_apply_update(swim_t *s, uint64_t now, const swim_update *u)
 }
 
 /* Merge a peer's state (push-pull). The sender's own record is its authoritative news;
- * its DEAD verdicts become our suspicions; LEFT is final. */
-static void swim_merge_state(swim_t *s, uint64_t now, const swim_msg *msg)
+ * its SUSPECT and DEAD verdicts become suspicions of ours — in our own name, so that a
+ * state transfer never counts as an independent confirmation (each sync would otherwise
+ * shorten every running suspicion); LEFT is final. Returns how many members were new. */
+static size_t swim_merge_state(swim_t *s, uint64_t now, const swim_msg *msg)
 {
+    size_t before = s->n_mem;
     for (uint32_t i = 0; i < msg->n_members; i++) {
         const swim_node *n = &msg->members[i];
         bool is_sender = swim_id_equal(&n->id, &msg->from);
@@ -1229,7 +1280,7 @@ static void swim_merge_state(swim_t *s, uint64_t now, const swim_msg *msg)
             break;
         case SWIM_SUSPECT:
         case SWIM_DEAD:
-            swim_apply_suspect(s, now, &n->id, n->incarnation, &msg->from);
+            swim_apply_suspect(s, now, &n->id, n->incarnation, &s->mem[0].pub.node.id);
             break;
         case SWIM_LEFT:
             if (!swim_find(s, &n->id) && !swim_id_equal(&n->id, &s->mem[0].pub.node.id)) {
@@ -1243,6 +1294,7 @@ static void swim_merge_state(swim_t *s, uint64_t now, const swim_msg *msg)
             break;
         }
     }
+    return s->n_mem > before ? s->n_mem - before : 0;
 }
 
 /* ---------- probing ---------- */
@@ -1324,6 +1376,18 @@ static void swim_probe_indirect(swim_t *s, uint64_t now)
     }
     p->expected_nacks = (uint32_t)n;
     s->st.indirect_probes += n;
+    /* and a second direct ping (memberlist sends a TCP ping here): one lost message
+     * should not be enough to suspect anyone, and every suspicion is news that all N
+     * members must hear — and the suspect must refute */
+    swim_msg ping = {.type = SWIM_MSG_PING, .seq = p->seq, .target = p->target};
+    swim_update buddy;
+    const swim_update *first = NULL;
+    if (t->pub.node.state == SWIM_SUSPECT) {
+        buddy.node = t->pub.node;
+        buddy.from = s->mem[0].pub.node.id;
+        first = &buddy;
+    }
+    swim_send_small(s, taddr, SWIM_CLASS_PROBE, &ping, first);
 }
 
 static void swim_probe_fail(swim_t *s, uint64_t now)
@@ -1339,8 +1403,11 @@ static void swim_probe_fail(swim_t *s, uint64_t now)
     swim_member_id target = p->target;
     swim_probe_done(s);
     swim_mem *t = swim_find(s, &target);
-    if (t && swim_is_live(t->pub.node.state))
+    if (t && swim_is_live(t->pub.node.state)) {
+        if (t->pub.node.state == SWIM_ALIVE)
+            s->st.suspicions++;
         swim_apply_suspect(s, now, &target, t->pub.node.incarnation, &s->mem[0].pub.node.id);
+    }
 }
 
 /* ---------- timers ---------- */
@@ -1661,7 +1728,7 @@ static void swim_on_push_pull_reply(swim_t *s, uint64_t now, const char *from_ad
         s->st.msgs_ignored++;
         return;
     }
-    swim_merge_state(s, now, msg);
+    size_t added = swim_merge_state(s, now, msg);
     if (for_join) {
         swim_mark_joined(s);
         s->join_seq = 0;
@@ -1673,14 +1740,16 @@ static void swim_on_push_pull_reply(swim_t *s, uint64_t now, const char *from_ad
         return;
     }
     s->pp_seq = 0;
-    if (msg->n_members == 0) {
-        /* same view: slow down towards the configured interval */
+    if (added > 0 || (msg->n_members > 0 && msg->digest.count < s->n_mem)) {
+        /* one of us lacked members: a join wave is still spreading, sync again soon */
+        s->pp_interval = swim_pp_fast(s);
+    } else {
+        /* same members (states may differ — gossip handles those): back off towards the
+         * configured interval, so loss and churn do not turn into whole-state traffic */
         uint32_t next = s->pp_interval * 2;
         s->pp_interval = next < s->cfg.push_pull_interval_ms ? next : s->cfg.push_pull_interval_ms;
-        return;
     }
-    s->pp_interval = swim_pp_fast(s);
-    if (!swim_same_view_as(s, &msg->digest)) {
+    if (msg->n_members > 0 && !swim_same_view_as(s, &msg->digest)) {
         /* we know something the peer does not: push it (no answer wanted) */
         swim_msg push = {.type = SWIM_MSG_PUSH_PULL, .seq = ++s->seq, .flags = SWIM_PP_NO_REPLY};
         swim_send_state(s, from_addr, SWIM_CLASS_GOSSIP, &push, true);
@@ -1913,6 +1982,7 @@ void swim_get_stats(const swim_t *s, swim_stats *out)
 {
     *out = s->st;
     out->awareness = (uint32_t)s->awareness;
+    out->queued = (uint32_t)s->bc_queued;
 }
 
 /* ---------- lifecycle ---------- */

@@ -236,7 +236,10 @@ typedef struct swim_config {
     uint32_t push_pull_interval_ms; /* 30000: full-state sync with one random member */
     uint32_t awareness_max;         /* 8: local health multiplier ceiling */
     uint32_t loop_lag_threshold_ms; /* 200: lag at or above this counts against our health */
-    uint32_t max_msg_bytes;         /* 1400: encoded size budget of a non-state message */
+    uint32_t max_msg_bytes;         /* 1400: encoded size budget of a probe-lane message
+                                       (PING, ACK, PING_REQ, NACK), piggyback included */
+    uint32_t max_gossip_bytes;      /* 8192: ... of a GOSSIP message (bulk lane; at most
+                                       SWIM_MAX_UPDATES items, about 5 KB, in practice) */
     uint32_t join_retry_min_ms;     /* 1000: first join retry after this, then doubling */
     uint32_t join_retry_max_ms;     /* 10000: ... up to this (with jitter) */
     uint32_t dead_reap_ms;          /* 86400000: dead/left members dropped after this */
@@ -263,6 +266,7 @@ typedef struct swim_stats {
     uint64_t loop_stalls;                /* late ticks and loop-lag reports over the threshold */
     uint64_t effects_dropped;            /* sends not drained before the next input call */
     uint32_t awareness;                  /* local health score now: 0 = healthy */
+    uint32_t queued;                     /* updates waiting in the dissemination queue now */
 } swim_stats;
 
 /* ---------- the core ---------- */
