@@ -5,7 +5,9 @@
  * 404, never 500, never the damaged bytes) and serve every other key with its value.
  *
  * The damaged record is found by walking the segment with the engine's own record codec
- * (store/format.h), so the test follows the format if it changes. Each test runs its own
+ * (store/format.h), so the test follows the format if it changes. Both ways an older
+ * segment is loaded are covered: scanned record by record, and from its hint file (which
+ * names the record; the damage is only visible in the segment). Each test runs its own
  * node in a fresh temp dir; fini kills leftovers by PID and removes the dir.
  */
 #include "harness.h"
@@ -215,9 +217,31 @@ static bool log_mentions_corruption(const th_node *n)
     return hit;
 }
 
-/* Write, stop cleanly, damage a middle record of segment `which` (index into the sorted
- * list; negative counts from the end), restart and check everything the test promises. */
-static void run_case(int which)
+/* Delete every hint file of segment `seg_path` (….seg → ….hint); true if there was one. */
+static bool remove_hint_of(const char *seg_path)
+{
+    char hint[700];
+    size_t l = strlen(seg_path);
+    cr_assert_gt(l, 4);
+    snprintf(hint, sizeof hint, "%.*s.hint", (int)(l - 4), seg_path);
+    return unlink(hint) == 0;
+}
+
+static bool hint_exists(const char *seg_path)
+{
+    char hint[700];
+    size_t l = strlen(seg_path);
+    snprintf(hint, sizeof hint, "%.*s.hint", (int)(l - 4), seg_path);
+    return access(hint, F_OK) == 0;
+}
+
+/*
+ * Write, stop cleanly, damage a middle record of segment `which` (index into the sorted
+ * list; negative counts from the end), restart and check everything the test promises.
+ * A clean stop leaves a hint file beside every segment; with_hint false deletes the
+ * damaged segment's hint first, so the segment is scanned instead of loaded from it.
+ */
+static void run_case(int which, bool with_hint)
 {
     th_node n;
     cr_assert_eq(th_node_start(&n, g_data, 0, g_args, NULL, 20000), 0, "node did not start");
@@ -230,6 +254,10 @@ static void run_case(int which)
     int idx = which >= 0 ? which : nseg + which;
     char key[256];
     damage_middle_record(names[idx], key, sizeof key);
+    if (with_hint)
+        cr_assert(hint_exists(names[idx]), "no hint file beside %s after a clean stop", names[idx]);
+    else
+        remove_hint_of(names[idx]);
 
     cr_assert_eq(th_node_start(&n, g_data, 0, g_args, NULL, 20000), 0,
                  "node did not start with a damaged record in %s", names[idx]);
@@ -243,12 +271,17 @@ static void run_case(int which)
     cr_assert(th_node_stop_clean(&n, 10000));
 }
 
-Test(corrupt_middle, record_in_middle_of_an_older_segment_is_skipped)
+Test(corrupt_middle, record_in_middle_of_an_older_segment_is_skipped_when_scanned)
 {
-    run_case(1);
+    run_case(1, false);
+}
+
+Test(corrupt_middle, record_in_middle_of_an_older_segment_is_skipped_when_loaded_from_its_hint)
+{
+    run_case(1, true);
 }
 
 Test(corrupt_middle, record_in_middle_of_the_newest_segment_is_skipped)
 {
-    run_case(-1);
+    run_case(-1, false);
 }
