@@ -768,17 +768,20 @@ static bool ct_parse_int(const char *s, long lo, long hi, long *out)
 
 /* The node settings every round uses unless overridden by --node-arg (later args win). */
 /* Small segments and low compaction thresholds: rotation and compaction (with its hint
- * files) happen many times per round, so kills land in the middle of them. Values from
- * 1 KiB up are LZ4-compressed when that saves space (half of the larger values do). */
+ * files) happen every round or two, so kills land in the middle of them. Values from
+ * 1 KiB up are LZ4-compressed when that saves space (half of the larger values do).
+ * Segments of 64 KiB rather than smaller: a compaction must be able to finish between
+ * two kills, or it never does (the engine compacts all garbage-holding segments in one
+ * job, and each new node starts over) and the segments pile up. */
 static const char *const ct_default_node_args[] = {
     "--storage.sync",
     "always",
     "--storage.segment_bytes",
-    "16KiB",
+    "64KiB",
     "--storage.compaction_dead_ratio",
     "0.3",
     "--storage.compaction_min_bytes",
-    "64KiB",
+    "256KiB",
     "--storage.compression_threshold",
     "1KiB",
 };
