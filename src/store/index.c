@@ -173,11 +173,24 @@ static int rebuild(store_index *ix, size_t nbk)
     store_bucket *bk = table_alloc(nbk);
     if (!bk)
         return KV_ENOMEM;
-    uint64_t pos = 0;
-    uint32_t ref;
-    while ((ref = store_index_next(ix, &pos)) != 0) {
-        const store_ent *e = store_index_ent(ix, ref);
-        place(bk, nbk, store_index_hash(ix, e->key, store_ent_klen(e)), ref);
+    /* In batches: hash a few keys (the arena is read in order) and prefetch their
+     * buckets, then place them, so the cache misses overlap. */
+    enum { BATCH = 16 };
+    uint64_t pos = 0, hash[BATCH];
+    uint32_t refs[BATCH];
+    size_t cap = nbk * STORE_BUCKET_SLOTS;
+    for (;;) {
+        int k = 0;
+        while (k < BATCH && (refs[k] = store_index_next(ix, &pos)) != 0) {
+            const store_ent *e = store_index_ent(ix, refs[k]);
+            hash[k] = store_index_hash(ix, e->key, store_ent_klen(e));
+            __builtin_prefetch(&bk[home(hash[k], cap) / STORE_BUCKET_SLOTS], 1);
+            k++;
+        }
+        for (int i = 0; i < k; i++)
+            place(bk, nbk, hash[i], refs[i]);
+        if (k < BATCH)
+            break;
     }
     table_free(ix->bk, ix->nbk);
     ix->bk = bk;
