@@ -708,7 +708,7 @@ static void sync_after(uv_work_t *req, int status)
             "fsync of store files failed", KV_STR("reason", strerror(err)),
             KV_UINT("writes_failed", s->mode == KV_SYNC_ALWAYS ? seq_end(s) - s->seq_synced : 0));
         if (s->mode == KV_SYNC_ALWAYS)
-            fail_uncommitted(s, KV_EIO);
+            fail_uncommitted(s, store_errno_to_kv(err)); /* ENOSPC at writeback: 507 */
     } else if (s->mode == KV_SYNC_ALWAYS) {
         commit_synced(s, s->sync.covered);
     }

@@ -17,6 +17,10 @@
  * write(2) or fsync fails, the writes it covered fail (KV_ENOSPC / KV_EIO), are cut off
  * the log and become invisible again. store_close fsyncs in every mode.
  *
+ * Reads go through read-only shared mappings of the segment files (no system call per
+ * read). The store owns its directory: a segment truncated by someone else while the
+ * store is open can crash the process (SIGBUS) instead of reading as damaged.
+ *
  * Versions (common/hlc.h): store_put/store_delete assign a fresh version from the store's
  * hybrid logical clock; store_apply writes a version chosen by the caller (replication)
  * only if it is newer than what the store holds. The clock merges every version it sees
@@ -64,7 +68,7 @@ typedef struct kv_store_stats {
     uint64_t disk_bytes; /* total size of all segments */
     uint64_t segments;
     uint64_t puts, deletes, gets;
-    uint64_t corrupt_records; /* records skipped or truncated on open */
+    uint64_t corrupt_records; /* damaged records skipped or truncated (open, compaction) */
     uint64_t truncated_bytes; /* torn-tail bytes removed on open */
     uint64_t write_errors;    /* writes refused because disk I/O failed */
     uint64_t fsyncs;          /* fsync rounds (one round covers a whole commit group) */
