@@ -144,7 +144,6 @@ struct kv_store {
     store_compaction *comp; /* running compaction, or NULL */
     uint32_t *hintq;        /* sealed segments waiting for a hint file */
     size_t hintq_n, hintq_cap;
-    bool comp_wanted;            /* store_compact asked for one while busy? (not used: EEXIST) */
     uint64_t comp_backoff_until; /* after a failed compaction, wait (loop ms) */
 
     bool write_failing;  /* in a streak of write errors (log once per streak) */
