@@ -80,6 +80,15 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/* CPU seconds (user + system) of the calling thread: the loop thread's own work, which
+ * other processes on a busy machine cannot inflate the way they inflate wall time. */
+static double thread_cpu_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 static uint64_t sb_rand(uint64_t *s)
 {
     /* splitmix64 */
@@ -215,9 +224,12 @@ static void close_store(kv_store *s)
  * most `window` puts in flight. Stops at the deadline. Returns the puts completed and
  * their seconds.
  */
+static double g_load_cpu; /* loop-thread CPU seconds of the last load() */
+
 static uint64_t load(kv_store *s, uint64_t n, uint64_t g, uint32_t window, bool shuffle,
                      double *secs, bool *partial)
 {
+    double c0 = thread_cpu_s();
     sb_ctx c = {0};
     uint64_t issued = 0, rs = g_o.seed ^ (g * 7919);
     char key[SB_KLEN];
@@ -241,6 +253,7 @@ static uint64_t load(kv_store *s, uint64_t n, uint64_t g, uint32_t window, bool 
         }
     }
     *secs = now_s() - t0;
+    g_load_cpu = thread_cpu_s() - c0;
     if (c.failed)
         die("a put failed", c.first_err);
     return c.done;
@@ -387,7 +400,14 @@ static void print_machine(int argc, char **argv)
     printf("machine: %ld cores (nproc), CPU \"%s\", Linux %s, %.1f GiB RAM\n",
            sysconf(_SC_NPROCESSORS_ONLN), model, u.release,
            (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE) / (1u << 30));
-    printf("date: %s; data directory: %s\n", date, g_root);
+    char la[64] = "?";
+    FILE *lf = fopen("/proc/loadavg", "r");
+    if (lf) {
+        if (fgets(la, sizeof la, lf))
+            la[strcspn(la, "\n")] = '\0';
+        fclose(lf);
+    }
+    printf("date: %s; data directory: %s; /proc/loadavg at start: %s\n", date, g_root, la);
     printf("command:");
     for (int i = 0; i < argc; i++)
         printf(" %s", argv[i]);
@@ -501,7 +521,8 @@ static void phase_never_gets_compaction_restart(void)
     char rate[32];
     fmt_rate(rate, sizeof rate, (double)done / secs);
     row("puts/s, sync=never (single loop thread)", "≥ 1M/s", yesno(done / secs >= 1e6),
-        "%s (%" PRIu64 " puts in %.2f s%s)", rate, done, secs, partial ? ", partial" : "");
+        "%s (%" PRIu64 " puts in %.2f s%s; loop thread CPU %.2f s)", rate, done, secs,
+        partial ? ", partial" : "", g_load_cpu);
     n = done;
     double per_key = (double)(rss1 - rss0) / (double)n - SB_KLEN;
     double anon_key = (double)(anon1 - anon0) / (double)n - SB_KLEN;
@@ -515,7 +536,7 @@ static void phase_never_gets_compaction_restart(void)
     kv_buf v = {0};
     char key[SB_KLEN];
     uint64_t rng = g_o.seed ^ 0x6765747300ull, gets = 0;
-    double t0 = now_s(), deadline = t0 + g_o.max_seconds;
+    double t0 = now_s(), deadline = t0 + g_o.max_seconds, c0 = thread_cpu_s();
     for (; gets < n; gets++) {
         uint64_t i = sb_rand(&rng) % n;
         key_of(i, key);
@@ -526,10 +547,11 @@ static void phase_never_gets_compaction_restart(void)
             break;
     }
     secs = now_s() - t0;
+    double gcpu = thread_cpu_s() - c0;
     kv_buf_free(&v);
     fmt_rate(rate, sizeof rate, (double)gets / secs);
     row("gets/s, random existing keys (single loop thread)", "≥ 1M/s", yesno(gets / secs >= 1e6),
-        "%s (%" PRIu64 " gets in %.2f s)", rate, gets, secs);
+        "%s (%" PRIu64 " gets in %.2f s; loop thread CPU %.2f s)", rate, gets, secs, gcpu);
 
     /* 3. latency, quiet store */
     size_t nsamples = n < 200000 ? (size_t)n : 200000;
@@ -655,8 +677,9 @@ static void phase_load(kv_sync_mode mode, const char *name, uint32_t window)
             st.fsyncs ? (double)done / (double)st.fsyncs : 0.0);
     } else {
         snprintf(what, sizeof what, "puts/s, sync=%s", name);
-        row(what, "–", "–", "%s (%" PRIu64 " puts in %.2f s%s; %" PRIu64 " fsyncs)", rate, done,
-            secs, partial ? ", partial" : "", st.fsyncs);
+        row(what, "–", "–",
+            "%s (%" PRIu64 " puts in %.2f s%s; %" PRIu64 " fsyncs; loop thread CPU %.2f s)", rate,
+            done, secs, partial ? ", partial" : "", st.fsyncs, g_load_cpu);
     }
     close_store(s);
     rm_rf(dir);
