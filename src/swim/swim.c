@@ -68,11 +68,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define SWIM_CONFIRM_MAX 16  /* suspicion confirmations tracked per member */
-#define SWIM_RELAY_MAX   256 /* PING_REQ relays in flight */
-#define SWIM_EVENT_MAX   65536
-#define SWIM_BUCKETS     64 /* transmit-count buckets; limit is clamped below this */
-#define SWIM_NONE        (-1)
+#define SWIM_CONFIRM_MAX     16  /* suspicion confirmations tracked per member */
+#define SWIM_RELAY_MAX       256 /* PING_REQ relays in flight */
+#define SWIM_EVENT_MAX       65536
+#define SWIM_BUCKETS         64 /* transmit-count buckets; limit is clamped below this */
+#define SWIM_NONE            (-1)
+#define SWIM_CORRECTIONS_MAX 4 /* records sent back to a sender that is behind */
 
 /* ---------- random numbers: xoshiro256**, seeded with splitmix64 ---------- */
 
@@ -117,9 +118,10 @@ static uint32_t swim_rand_below(swim_rng *r, uint32_t n)
 
 typedef struct swim_mem {
     swim_member pub;
-    uint32_t slot; /* its entry in the id table */
-    uint64_t hash; /* this member's share of the view digest */
-    int32_t bcast; /* its entry in the broadcast queue, or SWIM_NONE */
+    uint32_t slot;      /* its entry in the id table */
+    uint64_t inc_since; /* when we learned its current incarnation */
+    uint64_t hash;      /* this member's share of the view digest */
+    int32_t bcast;      /* its entry in the broadcast queue, or SWIM_NONE */
     /* suspicion (state SUSPECT) */
     uint64_t susp_start;
     uint64_t susp_deadline;
@@ -219,6 +221,11 @@ struct swim_t {
     uint64_t armed;       /* the deadline we last told the caller about */
     uint64_t grace_until; /* after a stall: failures wait until then */
     uint64_t last_now;
+    uint64_t reassert_at; /* swim_reassert's rate limit */
+    /* records to send back to the sender of the message being processed, which is
+     * behind on them (see swim_apply_update) */
+    swim_update corr[SWIM_CORRECTIONS_MAX];
+    uint32_t n_corr;
     bool started; /* the first input fixes where our clock stands */
 
     /* relays for PING_REQ */
@@ -608,6 +615,8 @@ static void swim_set_node(swim_t *s, swim_mem *m, uint64_t inc, swim_state st, s
     if (swim_is_live(m->pub.node.state))
         s->n_live--;
     s->digest_hash -= m->hash;
+    if (inc != m->pub.node.incarnation || m->hash == 0)
+        m->inc_since = s->last_now;
     m->pub.node.incarnation = inc;
     m->pub.node.state = st;
     m->pub.node.ring = r;
@@ -827,18 +836,20 @@ static void swim_broadcast(swim_t *s, swim_mem *m, const swim_member_id *from)
 }
 
 /* Append up to `budget` bytes of updates (least-sent first) to upool; returns how many.
- * `first`, if not NULL, goes in front (the buddy-system suspicion). */
-static uint32_t swim_take_updates(swim_t *s, size_t budget, const swim_update *first)
+ * first[0..n_first) go in front (the buddy-system suspicion, corrections) and are not
+ * counted as transmissions of the queue. */
+static uint32_t swim_take_updates(swim_t *s, size_t budget, const swim_update *first,
+                                  uint32_t n_first)
 {
     uint32_t n = 0, nsel = 0;
     size_t base = s->n_upool;
     if (!swim_grow((void **)&s->upool, &s->cap_upool, s->n_upool + SWIM_MAX_UPDATES,
                    sizeof(*s->upool)))
         return 0;
-    if (first) {
-        size_t sz = swim_update_wire_bound(first);
+    for (uint32_t f = 0; f < n_first && n < SWIM_MAX_UPDATES; f++) {
+        size_t sz = swim_update_wire_bound(&first[f]);
         if (sz <= budget) {
-            s->upool[base + n++] = *first;
+            s->upool[base + n++] = first[f];
             budget -= sz;
         }
     }
@@ -850,7 +861,10 @@ static uint32_t swim_take_updates(swim_t *s, size_t budget, const swim_update *f
             if (budget < SWIM_UPDATE_WIRE_FIXED)
                 goto done;
             const swim_update *u = &s->bc[i].u;
-            if (first && swim_id_equal(&u->node.id, &first->node.id))
+            bool dup = false;
+            for (uint32_t f = 0; f < n_first; f++)
+                dup |= swim_id_equal(&u->node.id, &first[f].node.id);
+            if (dup)
                 continue;
             size_t sz = s->bc[i].size;
             if (sz > budget) {
@@ -882,7 +896,7 @@ done:
 
 /* Queue a small message (not a state transfer) with piggybacked updates. */
 static void swim_send_small(swim_t *s, const char *to, swim_class cls, swim_msg *msg,
-                            const swim_update *first)
+                            const swim_update *first, uint32_t n_first)
 {
     size_t fixed = SWIM_MSG_WIRE_FIXED + strlen(msg->target_addr);
     /* probe-lane messages stay small so nothing delays them; GOSSIP messages ride the
@@ -892,7 +906,7 @@ static void swim_send_small(swim_t *s, const char *to, swim_class cls, swim_msg 
     size_t budget = cap > fixed ? cap - fixed : 0;
     size_t off = s->n_upool;
     msg->from = s->mem[0].pub.node.id;
-    msg->n_updates = swim_take_updates(s, budget, first);
+    msg->n_updates = swim_take_updates(s, budget, first, n_first);
     msg->n_members = 0;
     swim_queue(s, to, cls, msg, off, 0);
 }
@@ -1104,6 +1118,40 @@ static void swim_refute(swim_t *s, uint64_t accused)
     swim_broadcast(s, me, &me->pub.node.id);
 }
 
+/*
+ * The sender of the message being processed gossiped an older incarnation of member m
+ * than ours. If we have known the newer one for a while (so this is not just two
+ * pieces of news crossing), the sender missed it — the one node that never heard a
+ * refutation is the one that declares the refuter dead — so we send it our record back
+ * (swim_recv does, after the message). Suspicions are not sent this way: they would
+ * count as confirmations in our name.
+ */
+static void swim_note_stale(swim_t *s, uint64_t now, const swim_slot *sl)
+{
+    if (s->n_corr >= SWIM_CORRECTIONS_MAX || sl->state == SWIM_SUSPECT)
+        return;
+    const swim_mem *m = &s->mem[sl->idx1 - 1];
+    if (sl->idx1 != 1 && now - m->inc_since < s->cfg.gossip_interval_ms)
+        return;
+    for (uint32_t i = 0; i < s->n_corr; i++)
+        if (swim_id_equal(&s->corr[i].node.id, &m->pub.node.id))
+            return;
+    swim_update *c = &s->corr[s->n_corr++];
+    c->node = m->pub.node;
+    c->from = sl->state == SWIM_DEAD ? s->mem[0].pub.node.id : m->pub.node.id;
+}
+
+/* An accusation of us at an incarnation we already refuted is still going around, so
+ * some members missed the refutation: send our record around again (at most once per
+ * probe interval — stale copies arrive in bursts). */
+static void swim_reassert(swim_t *s, uint64_t now)
+{
+    if (s->left || now < s->reassert_at)
+        return;
+    s->reassert_at = now + s->cfg.probe_interval_ms;
+    swim_broadcast(s, &s->mem[0], &s->mem[0].pub.node.id);
+}
+
 static void swim_mark_joined(swim_t *s)
 {
     if (s->joined)
@@ -1191,13 +1239,14 @@ static void swim_apply_suspect(swim_t *s, uint64_t now, const swim_member_id *id
     swim_state st = m->pub.node.state;
     if (st == SWIM_DEAD || st == SWIM_LEFT)
         return;
-    if (st == SWIM_SUSPECT) {
-        if (inc > m->pub.node.incarnation)
-            swim_set_node(s, m, inc, SWIM_SUSPECT, m->pub.node.ring);
+    if (st == SWIM_SUSPECT && inc == m->pub.node.incarnation) {
         if (swim_confirm(s, m, from))
             swim_broadcast(s, m, from);
         return;
     }
+    /* a new suspicion — or one at a higher incarnation than the one we hold, which
+     * means the member refuted meanwhile (we missed it) and is suspected anew: that
+     * episode gets its own full timeout, not what is left of the stale one */
     swim_node old = m->pub.node;
     swim_set_node(s, m, inc, SWIM_SUSPECT, m->pub.node.ring);
     m->pub.since_ms = now;
@@ -1206,7 +1255,8 @@ static void swim_apply_suspect(swim_t *s, uint64_t now, const swim_member_id *id
     m->n_accusers = 1;
     m->accusers[0] = swim_id_hash32(from);
     swim_susp_arm(s, m);
-    swim_emit(s, SWIM_EV_MEMBER_UPDATED, m, &old);
+    if (old.state != SWIM_SUSPECT)
+        swim_emit(s, SWIM_EV_MEMBER_UPDATED, m, &old);
     swim_broadcast(s, m, from);
 }
 
@@ -1244,8 +1294,12 @@ static void swim_apply_update(swim_t *s, uint64_t now, const swim_update *u)
     const swim_slot *m = swim_find_slot(s, &u->node.id);
     if (m) {
         uint64_t inc = u->node.incarnation;
-        if (inc < m->inc)
+        if (inc < m->inc) {
+            if (m->idx1 == 1 && u->node.state != SWIM_ALIVE)
+                swim_reassert(s, now); /* someone still holds an old accusation of us */
+            swim_note_stale(s, now, m);
             return;
+        }
         if (inc == m->inc && u->node.state != SWIM_SUSPECT &&
             (u->node.state == SWIM_ALIVE || u->node.state == (swim_state)m->state))
             return;
@@ -1350,7 +1404,7 @@ static void swim_probe_start(swim_t *s, uint64_t now)
     }
     char to[SWIM_ADDR_MAX + 1];
     memcpy(to, t->pub.node.addr, sizeof(to));
-    swim_send_small(s, to, SWIM_CLASS_PROBE, &msg, first);
+    swim_send_small(s, to, SWIM_CLASS_PROBE, &msg, first, first ? 1 : 0);
 }
 
 static void swim_probe_indirect(swim_t *s, uint64_t now)
@@ -1372,7 +1426,7 @@ static void swim_probe_indirect(swim_t *s, uint64_t now)
         memcpy(msg.target_addr, taddr, sizeof(taddr));
         char to[SWIM_ADDR_MAX + 1];
         memcpy(to, s->mem[idx[i]].pub.node.addr, sizeof(to));
-        swim_send_small(s, to, SWIM_CLASS_PROBE, &msg, NULL);
+        swim_send_small(s, to, SWIM_CLASS_PROBE, &msg, NULL, 0);
     }
     p->expected_nacks = (uint32_t)n;
     s->st.indirect_probes += n;
@@ -1387,7 +1441,7 @@ static void swim_probe_indirect(swim_t *s, uint64_t now)
         buddy.from = s->mem[0].pub.node.id;
         first = &buddy;
     }
-    swim_send_small(s, taddr, SWIM_CLASS_PROBE, &ping, first);
+    swim_send_small(s, taddr, SWIM_CLASS_PROBE, &ping, first, first ? 1 : 0);
 }
 
 static void swim_probe_fail(swim_t *s, uint64_t now)
@@ -1419,7 +1473,7 @@ static void swim_relay_nack(swim_t *s, uint32_t i)
     char to[SWIM_ADDR_MAX + 1];
     memcpy(to, r->req_addr, sizeof(to));
     r->used = false;
-    swim_send_small(s, to, SWIM_CLASS_PROBE, &msg, NULL);
+    swim_send_small(s, to, SWIM_CLASS_PROBE, &msg, NULL, 0);
 }
 
 static void swim_suspect_expired(swim_t *s, uint64_t now, swim_mem *m)
@@ -1446,7 +1500,7 @@ static void swim_gossip_round(swim_t *s, uint64_t now)
         swim_msg msg = {.type = SWIM_MSG_GOSSIP};
         char to[SWIM_ADDR_MAX + 1];
         memcpy(to, s->mem[idx[i]].pub.node.addr, sizeof(to));
-        swim_send_small(s, to, SWIM_CLASS_GOSSIP, &msg, NULL);
+        swim_send_small(s, to, SWIM_CLASS_GOSSIP, &msg, NULL, 0);
     }
 }
 
@@ -1677,7 +1731,7 @@ static void swim_on_ping_req(swim_t *s, uint64_t now, const char *from_addr, con
     swim_msg ping = {.type = SWIM_MSG_PING, .seq = r->my_seq, .target = msg->target};
     char to[SWIM_ADDR_MAX + 1];
     memcpy(to, msg->target_addr, sizeof(to));
-    swim_send_small(s, to, SWIM_CLASS_PROBE, &ping, NULL);
+    swim_send_small(s, to, SWIM_CLASS_PROBE, &ping, NULL, 0);
 }
 
 static void swim_on_ack(swim_t *s, const swim_msg *msg)
@@ -1696,7 +1750,7 @@ static void swim_on_ack(swim_t *s, const swim_msg *msg)
     char to[SWIM_ADDR_MAX + 1];
     memcpy(to, s->relays[r].req_addr, sizeof(to));
     s->relays[r].used = false;
-    swim_send_small(s, to, SWIM_CLASS_PROBE, &ack, NULL);
+    swim_send_small(s, to, SWIM_CLASS_PROBE, &ack, NULL, 0);
 }
 
 static bool swim_same_view_as(const swim_t *s, const swim_digest *d)
@@ -1773,8 +1827,18 @@ int swim_recv(swim_t *s, uint64_t now, const char *from_addr, const swim_msg *ms
         swim_input_end(s);
         return KV_OK;
     }
+    s->n_corr = 0;
     for (uint32_t i = 0; i < msg->n_updates; i++)
         swim_apply_update(s, now, &msg->updates[i]);
+    if (s->n_corr > 0) {
+        swim_msg fix = {.type = SWIM_MSG_GOSSIP};
+        swim_update corr[SWIM_CORRECTIONS_MAX];
+        uint32_t n = s->n_corr;
+        memcpy(corr, s->corr, n * sizeof(*corr));
+        s->n_corr = 0;
+        s->st.corrections++;
+        swim_send_small(s, from_addr, SWIM_CLASS_GOSSIP, &fix, corr, n);
+    }
 
     switch (msg->type) {
     case SWIM_MSG_PING:
@@ -1786,7 +1850,7 @@ int swim_recv(swim_t *s, uint64_t now, const char *from_addr, const swim_msg *ms
         }
         {
             swim_msg ack = {.type = SWIM_MSG_ACK, .seq = msg->seq};
-            swim_send_small(s, from_addr, SWIM_CLASS_PROBE, &ack, NULL);
+            swim_send_small(s, from_addr, SWIM_CLASS_PROBE, &ack, NULL, 0);
         }
         break;
     case SWIM_MSG_ACK:
@@ -1868,7 +1932,7 @@ void swim_leave(swim_t *s, uint64_t now)
         char to[SWIM_ADDR_MAX + 1];
         memcpy(to, s->mem[idx[i]].pub.node.addr, sizeof(to));
         /* in every one of these, whatever the queue's retransmit count says */
-        swim_send_small(s, to, SWIM_CLASS_GOSSIP, &msg, &bye);
+        swim_send_small(s, to, SWIM_CLASS_GOSSIP, &msg, &bye, 1);
     }
     s->leave_done = false;
     s->leave_done_at = n ? now + s->cfg.gossip_interval_ms : now;

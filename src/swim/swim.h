@@ -263,6 +263,7 @@ typedef struct swim_stats {
     uint64_t push_pulls, push_pull_full; /* exchanges started, of which moved whole states */
     uint64_t updates_sent;               /* gossip items sent */
     uint64_t members_refused;            /* new members ignored at SWIM_MAX_MEMBERS */
+    uint64_t corrections;                /* newer records sent back to a sender that was behind */
     uint64_t loop_stalls;                /* late ticks and loop-lag reports over the threshold */
     uint64_t effects_dropped;            /* sends not drained before the next input call */
     uint32_t awareness;                  /* local health score now: 0 = healthy */

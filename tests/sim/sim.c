@@ -97,6 +97,7 @@ struct sim_t {
 
     bool blocked[8][8];
     uint64_t fps;
+    uint64_t false_deaths;
     sim_traffic traffic;
     uint64_t node_ms_done;     /* running time of lives that ended */
     uint64_t accusations_done; /* swim_stats.suspicions of cores that stopped */
@@ -264,6 +265,8 @@ static void sim_bookkeep(sim_t *s, uint32_t obs, const swim_event *ev)
         if (now_st == SWIM_DEAD && ev->old_state != SWIM_DEAD) {
             m->fp_about++;
             s->fps++;
+            if (m->dead_count == 1)
+                s->false_deaths++; /* the first to hold it dead: a new episode */
         }
     }
 }
@@ -583,6 +586,11 @@ uint32_t sim_dead_count(const sim_t *s, uint32_t j)
 uint64_t sim_false_positives(const sim_t *s)
 {
     return s->fps;
+}
+
+uint64_t sim_false_deaths(const sim_t *s)
+{
+    return s->false_deaths;
 }
 
 uint64_t sim_false_positives_about(const sim_t *s, uint32_t j)

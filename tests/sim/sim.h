@@ -82,6 +82,9 @@ uint32_t sim_dead_count(const sim_t *s, uint32_t j);
 
 /* False positives so far: a running node marked DEAD by a running node (it was alive). */
 uint64_t sim_false_positives(const sim_t *s);
+/* Episodes: times a running node went from held dead by nobody to held dead by someone
+ * (one false death, however many nodes then heard of it). */
+uint64_t sim_false_deaths(const sim_t *s);
 /* ... of which about node j. */
 uint64_t sim_false_positives_about(const sim_t *s, uint32_t j);
 /* Times node j went into SUSPECT in anyone's view while it was running. */

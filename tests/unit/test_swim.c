@@ -854,3 +854,60 @@ Test(swim, same_seed_same_trace)
     cr_assert_eq(trace_of(11), trace_of(11));
     cr_assert_neq(trace_of(11), trace_of(12));
 }
+
+/* ---------- repairs ---------- */
+
+Test(swim, sender_that_missed_a_refutation_is_corrected)
+{
+    swim_t *s = mk_core(0, 1, NULL);
+    add_members(s, T0, 1, 1, 9);
+    gossip(s, T0 + 10, 1, mk_node(3, 5, SWIM_ALIVE), 3); /* 3 refuted: incarnation 5 */
+    drain(s);
+
+    /* news crossing (we learned 5 a moment ago): no correction */
+    gossip(s, T0 + 20, 2, mk_node(3, 4, SWIM_SUSPECT), 2);
+    swim_send snd;
+    bool fixed = false;
+    while (swim_pop_send(s, &snd))
+        fixed |= snd.msg.type == SWIM_MSG_GOSSIP && !strcmp(snd.to, mk_node(2, 0, 0).addr);
+    cr_assert_not(fixed);
+
+    /* member 2 is still gossiping the old suspicion a second later: it missed the
+     * refutation, so it gets our record back at once */
+    gossip(s, T0 + 1100, 2, mk_node(3, 4, SWIM_SUSPECT), 2);
+    while (swim_pop_send(s, &snd)) {
+        if (snd.msg.type != SWIM_MSG_GOSSIP || strcmp(snd.to, mk_node(2, 0, 0).addr) != 0)
+            continue;
+        cr_assert_geq(snd.msg.n_updates, 1);
+        const swim_update *u = &snd.msg.updates[0];
+        cr_assert_eq(u->node.id.b[15], 3);
+        cr_assert_eq(u->node.state, SWIM_ALIVE);
+        cr_assert_eq(u->node.incarnation, 5);
+        fixed = true;
+    }
+    cr_assert(fixed, "no correction sent to the member that is behind");
+    swim_stats st;
+    swim_get_stats(s, &st);
+    cr_assert_eq(st.corrections, 1);
+    swim_free(s);
+}
+
+Test(swim, suspicion_at_higher_incarnation_restarts_the_timer)
+{
+    swim_t *s = mk_core(0, 3, NULL);
+    add_members(s, T0, 1, 1, 99); /* N = 100: min 8 s */
+    uint64_t t0 = T0 + 100;
+    for (uint32_t a = 0; a < 3; a++)
+        gossip(s, t0, 10 + a, mk_node(5, 1, SWIM_SUSPECT), 10 + a);
+    drain(s);
+    run(s, t0, t0 + 6000);
+    cr_assert_eq(member(s, 5)->node.state, SWIM_SUSPECT);
+    /* member 5 refuted (we missed it) and is suspected again at incarnation 2: that is a
+     * new suspicion with its own timeout, not the 2 s left of the old one */
+    gossip(s, t0 + 6000, 20, mk_node(5, 2, SWIM_SUSPECT), 20);
+    cr_assert_eq(member(s, 5)->node.incarnation, 2);
+    cr_assert_eq(member(s, 5)->since_ms, t0 + 6000);
+    run(s, t0 + 6000, t0 + 9000);
+    cr_assert_eq(member(s, 5)->node.state, SWIM_SUSPECT, "died on the stale episode's timer");
+    swim_free(s);
+}
