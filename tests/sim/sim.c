@@ -105,6 +105,8 @@ struct sim_t {
 
     sim_event_fn on_event;
     void *on_event_user;
+    sim_send_fn on_send;
+    void *on_send_user;
 };
 
 static void *sim_xrealloc(void *p, size_t n)
@@ -285,6 +287,8 @@ static void sim_drain(sim_t *s, uint32_t i)
             s->traffic.gossip_msgs++;
         else
             s->traffic.state_msgs++;
+        if (s->on_send)
+            s->on_send(s, i, &snd, s->on_send_user);
         int to = sim_parse_addr(s, snd.to);
         if (to < 0)
             continue;
@@ -672,6 +676,12 @@ void sim_on_event(sim_t *s, sim_event_fn fn, void *user)
 {
     s->on_event = fn;
     s->on_event_user = user;
+}
+
+void sim_on_send(sim_t *s, sim_send_fn fn, void *user)
+{
+    s->on_send = fn;
+    s->on_send_user = user;
 }
 
 int sim_node_of(const sim_t *s, const swim_member_id *id)

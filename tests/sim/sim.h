@@ -112,6 +112,10 @@ uint64_t sim_trace_hash(const sim_t *s);
 typedef void (*sim_event_fn)(sim_t *s, uint32_t node, const swim_event *ev, void *user);
 void sim_on_event(sim_t *s, sim_event_fn fn, void *user);
 
+/* Called for every message a node sends (before loss and partitions are applied). */
+typedef void (*sim_send_fn)(sim_t *s, uint32_t node, const swim_send *snd, void *user);
+void sim_on_send(sim_t *s, sim_send_fn fn, void *user);
+
 /* Node index of a member id, or -1 if it is not one of ours. */
 int sim_node_of(const sim_t *s, const swim_member_id *id);
 

@@ -22,6 +22,8 @@
  *
  * Single-threaded; everything derives from --seed, so a run is reproducible.
  */
+#include "common/buf.h"
+#include "net/wire.h"
 #include "sim.h"
 
 #include <inttypes.h>
@@ -42,7 +44,7 @@ typedef struct bench_opts {
 typedef struct bench_row {
     uint32_t n;
     double converge_s; /* < 0: did not converge */
-    double msgs_per_node_s, bytes_per_node_s;
+    double msgs_per_node_s, bytes_per_node_s, cbor_per_node_s;
     double crash_median_s, crash_max_s;
     uint32_t crashes, crashes_undetected;
     uint64_t fp_5, marks_5, susp_5; /* false deaths, observers that held them, suspicions */
@@ -87,6 +89,27 @@ static uint64_t run_until_converged(sim_t *s, uint64_t limit_ms)
     return UINT64_MAX;
 }
 
+/* Real encoded sizes: every message of the traffic phase through the node's CBOR codec
+ * (src/net/wire.c), with the sender's address as the envelope would carry it. */
+typedef struct cbor_count {
+    kv_buf buf;
+    uint64_t bytes, msgs, errors;
+} cbor_count;
+
+static void count_cbor(sim_t *s, uint32_t node, const swim_send *snd, void *user)
+{
+    cbor_count *c = user;
+    char from[32];
+    snprintf(from, sizeof(from), "n%u:7946", node);
+    c->buf.len = 0;
+    if (kv_wire_encode(&c->buf, from, &snd->msg) != 0) {
+        c->errors++;
+        return;
+    }
+    c->bytes += c->buf.len;
+    c->msgs++;
+}
+
 static void log_phase(const bench_opts *o, uint32_t n, const char *what)
 {
     if (!o->quiet)
@@ -121,12 +144,19 @@ static void bench_one(const bench_opts *o, uint32_t n, bench_row *row)
     log_phase(o, n, "traffic");
     sim_run_until(s, sim_now(s) + 60000);
     sim_traffic a, b;
+    cbor_count cc = {.buf = KV_BUF_INIT};
+    sim_on_send(s, count_cbor, &cc);
     sim_get_traffic(s, &a);
     sim_run_until(s, sim_now(s) + 120000);
     sim_get_traffic(s, &b);
+    sim_on_send(s, NULL, NULL);
+    kv_buf_free(&cc.buf);
+    if (cc.errors)
+        fprintf(stderr, "simbench: the codec refused %" PRIu64 " messages\n", cc.errors);
     double node_s = (double)(b.node_ms - a.node_ms) / 1000.0;
     row->msgs_per_node_s = (double)(b.msgs - a.msgs) / node_s;
     row->bytes_per_node_s = (double)(b.bytes - a.bytes) / node_s;
+    row->cbor_per_node_s = (double)cc.bytes / node_s;
 
     /* crashes */
     log_phase(o, n, "crashes");
@@ -222,8 +252,8 @@ static void print_table(const bench_opts *o, const bench_row *rows, size_t n)
            o->seed, o->crashes, o->minutes);
     printf("| N | converge from 1 seed | crash known everywhere: median / max | "
            "false positives, 5%% loss | false positives, 20%% loss | msgs / node / s | "
-           "bytes / node / s | slow node: declared dead / others declared dead | "
-           "wall time |\n");
+           "bytes / node / s (CBOR; bound) | slow node: declared dead / others declared "
+           "dead | wall time |\n");
     printf("|---:|---:|---:|---|---|---:|---:|---|---:|\n");
     for (size_t i = 0; i < n; i++) {
         const bench_row *r = &rows[i];
@@ -238,10 +268,11 @@ static void print_table(const bench_opts *o, const bench_row *rows, size_t n)
                      r->crashes_undetected, r->crashes);
         fmt_fp(f5, sizeof(f5), r->fp_5, r->marks_5, r->susp_5);
         fmt_fp(f20, sizeof(f20), r->fp_20, r->marks_20, r->susp_20);
-        printf("| %u | %s | %s | %s | %s | %.2f | %.0f | %" PRIu64 " / %" PRIu64
+        printf("| %u | %s | %s | %s | %s | %.2f | %.0f; %.0f | %" PRIu64 " / %" PRIu64
                " (it refuted %" PRIu64 " suspicions) | %.1f s |\n",
-               r->n, conv, crash, f5, f20, r->msgs_per_node_s, r->bytes_per_node_s, r->slow_dead,
-               r->slow_others_dead, r->slow_suspected, r->wall_s);
+               r->n, conv, crash, f5, f20, r->msgs_per_node_s, r->cbor_per_node_s,
+               r->bytes_per_node_s, r->slow_dead, r->slow_others_dead, r->slow_suspected,
+               r->wall_s);
     }
 }
 
