@@ -6,9 +6,10 @@
  *
  * Design notes (the state machine)
  * --------------------------------
- * Members. A flat array of swim_mem (self at index 0), an open-addressing hash from id
- * to index, and the view digest kept up to date incrementally (a sum of per-member
- * hashes), so that push-pull can tell "same view" in O(1).
+ * Members. A flat array of swim_mem (self at index 0), an open-addressing table from id
+ * to index (holding each member's incarnation and state too, so redundant gossip is
+ * dropped after one lookup), and the view digest kept up to date incrementally (a sum
+ * of per-member hashes), so that push-pull can tell "same view" in O(1).
  *
  * Precedence of news about member M (SWIM): ALIVE(i) beats SUSPECT(j) and ALIVE(j) only
  * when i > j; SUSPECT(i) beats ALIVE(j) when i >= j; DEAD/LEFT(i) beat ALIVE/SUSPECT(j)
@@ -19,7 +20,8 @@
  * Probing, one round per (scaled) probe interval:
  *   IDLE --probe_at--> PING target (round-robin over a shuffled list)
  *        --ack--> IDLE (health improves)
- *        --direct deadline--> PING_REQ to k members --ack via any--> IDLE
+ *        --direct deadline--> PING_REQ to k members + a second direct PING
+ *                             --ack via any--> IDLE
  *        --round deadline--> SUSPECT target (from self), health worsens unless the
  *                            relays answered with nacks (then our own network is fine).
  * A suspected member is pinged with the suspicion piggybacked first (Lifeguard's buddy
@@ -28,7 +30,8 @@
  * Suspicion (Lifeguard): timeout starts at max = suspicion_max_mult * min and shrinks
  * logarithmically towards min = suspicion_mult * max(1, log10 N) * interval as k
  * independent confirmations (other members' suspicions) arrive; at the deadline the
- * member is declared DEAD (from self).
+ * member is declared DEAD (from self). A suspicion at a higher incarnation than the one
+ * we hold is a new episode (the member refuted and we missed it): new timer.
  *
  * Local health (Lifeguard's awareness): a score 0..awareness_max-1; +1 for a failed
  * probe without nacks (+missing nacks), a refutation, or loop lag; -1 for a successful
@@ -41,8 +44,13 @@
  * Dissemination: one queue of updates, at most one per member (newer news replaces
  * older), kept in buckets by how often each was sent; a message takes the least-sent
  * first within its byte budget, and an update is dropped after
- * retransmit_mult * ceil(log10(N + 1)) sends. Updates ride on every probe message, and
- * on GOSSIP messages to gossip_nodes members every gossip_interval while any wait.
+ * retransmit_mult * ceil(log10(N + 1)) sends. Updates ride on every probe message
+ * (within max_msg_bytes), and on GOSSIP messages (within max_gossip_bytes: they travel
+ * on the bulk lane) to gossip_nodes members every gossip_interval while any wait.
+ * Repair: a member that gossips an older incarnation than ours (known for a gossip
+ * interval or more) missed the newer news; it gets our record back at once. Without
+ * that, the one node that never heard a refutation eventually declares the refuter
+ * dead — the commonest false positive under heavy loss.
  *
  * Push-pull: every push_pull_interval (faster — every 2 probe intervals — while the
  * last exchange found the views different), a PUSH_PULL with our digest to one random
@@ -63,7 +71,6 @@
 
 #include "kvstore/error.h"
 
-#include <assert.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>

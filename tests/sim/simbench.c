@@ -3,15 +3,19 @@
  * deterministic simulator (tests/sim) for N = 10, 100, 1,000 and prints the table that
  * README "Membership" reports. Not a ctest (the N = 100 bounds are tests/sim/test_sim.c).
  *
- *   simbench [--nodes 10,100,1000] [--seed S] [--crashes 20] [--minutes 10] [--quiet]
+ *   simbench [--nodes 10,100,1000] [--seed S] [--crashes 20] [--minutes 10] [--jobs J]
+ *            [--quiet]
  *
  * One simulated cluster per N, 1 s protocol period (memberlist LAN defaults), one-way
- * delay 1-3 ms, phases in order:
+ * delay 1-3 ms. It converges and its steady traffic is measured; then each of the
+ * other phases runs on its own copy of that converged cluster (a forked child; --jobs
+ * of them at once, default the number of CPUs up to 4):
  *   converge   node 0 starts alone; nodes 1..N-1 start spread over the first second and
  *              each names node 0 as its only seed; time from the first start until
  *              every node holds the same view with all N alive
  *   traffic    2 simulated minutes of steady state: messages and bytes sent per node
- *              per second (bytes as swim_msg_wire_bound, the codec's upper bound)
+ *              per second (bytes as the node's CBOR codec encodes them, and the bound
+ *              swim_msg_wire_bound that the core budgets with)
  *   crash      C times: crash a random node, time until every running node holds it
  *              dead; restart it (new incarnation, one seed), wait for the full view
  *   loss 5%    M simulated minutes at 5% message loss: false positives (a running node
@@ -20,7 +24,7 @@
  *   slow node  M minutes, no loss: one node stalls 3 s every 10 s (then gets its backlog
  *              and a loop-lag report): times it was marked dead, others marked dead
  *
- * Single-threaded; everything derives from --seed, so a run is reproducible.
+ * Everything derives from --seed, so a run is reproducible.
  */
 #include "common/buf.h"
 #include "net/wire.h"
@@ -30,7 +34,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 typedef struct bench_opts {
     uint32_t nodes[8];
@@ -38,6 +44,7 @@ typedef struct bench_opts {
     uint64_t seed;
     uint32_t crashes;
     uint32_t minutes;
+    uint32_t jobs;
     bool quiet;
 } bench_opts;
 
@@ -110,56 +117,23 @@ static void count_cbor(sim_t *s, uint32_t node, const swim_send *snd, void *user
     c->msgs++;
 }
 
-static void log_phase(const bench_opts *o, uint32_t n, const char *what)
+static void log_phase(const bench_opts *o, uint32_t n, const char *what, double secs)
 {
-    if (!o->quiet)
+    if (o->quiet)
+        return;
+    if (secs < 0)
         fprintf(stderr, "simbench: N=%u %s\n", n, what);
+    else
+        fprintf(stderr, "simbench: N=%u %s done in %.1f s\n", n, what, secs);
 }
 
-static void bench_one(const bench_opts *o, uint32_t n, bench_row *row)
+/* ---------- the phases after convergence, each from the same converged cluster ---------- */
+
+enum { PH_CRASH, PH_LOSS5, PH_LOSS20, PH_SLOW, PH_COUNT };
+static const char *const phase_names[PH_COUNT] = {"crashes", "loss 5%", "loss 20%", "slow node"};
+
+static void phase_crashes(const bench_opts *o, sim_t *s, uint32_t n, bench_row *row)
 {
-    double w0 = wall_now();
-    memset(row, 0, sizeof(*row));
-    row->n = n;
-    sim_config cfg;
-    sim_config_default(&cfg, n, o->seed ^ n);
-    sim_t *s = sim_new(&cfg);
-    if (!s) {
-        fprintf(stderr, "simbench: out of memory\n");
-        exit(1);
-    }
-
-    /* converge from one seed */
-    log_phase(o, n, "converge");
-    uint32_t seed0 = 0;
-    sim_start(s, 0, NULL, 0);
-    for (uint32_t i = 1; i < n; i++) {
-        sim_run_until(s, (uint64_t)i * 1000 / n);
-        sim_start(s, i, &seed0, 1);
-    }
-    uint64_t c = run_until_converged(s, 300000);
-    row->converge_s = c == UINT64_MAX ? -1 : (double)sim_now(s) / 1000.0;
-
-    /* steady-state traffic: let the join wave's gossip run out first */
-    log_phase(o, n, "traffic");
-    sim_run_until(s, sim_now(s) + 60000);
-    sim_traffic a, b;
-    cbor_count cc = {.buf = KV_BUF_INIT};
-    sim_on_send(s, count_cbor, &cc);
-    sim_get_traffic(s, &a);
-    sim_run_until(s, sim_now(s) + 120000);
-    sim_get_traffic(s, &b);
-    sim_on_send(s, NULL, NULL);
-    kv_buf_free(&cc.buf);
-    if (cc.errors)
-        fprintf(stderr, "simbench: the codec refused %" PRIu64 " messages\n", cc.errors);
-    double node_s = (double)(b.node_ms - a.node_ms) / 1000.0;
-    row->msgs_per_node_s = (double)(b.msgs - a.msgs) / node_s;
-    row->bytes_per_node_s = (double)(b.bytes - a.bytes) / node_s;
-    row->cbor_per_node_s = (double)cc.bytes / node_s;
-
-    /* crashes */
-    log_phase(o, n, "crashes");
     double *det = calloc(o->crashes ? o->crashes : 1, sizeof(*det));
     uint32_t ndet = 0;
     for (uint32_t k = 0; k < o->crashes; k++) {
@@ -191,46 +165,211 @@ static void bench_one(const bench_opts *o, uint32_t n, bench_row *row)
         row->crash_max_s = det[ndet - 1];
     }
     free(det);
+}
 
-    /* false positives under loss */
-    uint64_t minutes_ms = (uint64_t)o->minutes * 60000;
-    const double losses[2] = {0.05, 0.20};
-    for (int li = 0; li < 2; li++) {
-        log_phase(o, n, li == 0 ? "loss 5%" : "loss 20%");
-        run_until_converged(s, 120000);
-        uint64_t fp0 = sim_false_deaths(s), mk0 = sim_false_positives(s);
-        uint64_t su0 = sim_accusations(s);
-        sim_set_loss(s, losses[li]);
-        sim_run_until(s, sim_now(s) + minutes_ms);
-        sim_set_loss(s, 0);
-        uint64_t su1 = sim_accusations(s);
-        if (li == 0) {
-            row->fp_5 = sim_false_deaths(s) - fp0;
-            row->marks_5 = sim_false_positives(s) - mk0;
-            row->susp_5 = su1 - su0;
-        } else {
-            row->fp_20 = sim_false_deaths(s) - fp0;
-            row->marks_20 = sim_false_positives(s) - mk0;
-            row->susp_20 = su1 - su0;
-        }
-    }
+static void phase_loss(const bench_opts *o, sim_t *s, double loss, uint64_t *fp, uint64_t *marks,
+                       uint64_t *susp)
+{
+    uint64_t fp0 = sim_false_deaths(s), mk0 = sim_false_positives(s);
+    uint64_t su0 = sim_accusations(s);
+    sim_set_loss(s, loss);
+    sim_run_until(s, sim_now(s) + (uint64_t)o->minutes * 60000);
+    sim_set_loss(s, 0);
+    *fp = sim_false_deaths(s) - fp0;
+    *marks = sim_false_positives(s) - mk0;
+    *susp = sim_accusations(s) - su0;
+}
 
-    /* slow node */
-    log_phase(o, n, "slow node");
-    run_until_converged(s, 120000);
+static void phase_slow(const bench_opts *o, sim_t *s, uint32_t n, bench_row *row)
+{
     uint32_t slow = n / 2;
     uint64_t fp0 = sim_false_positives(s), fps0 = sim_false_positives_about(s, slow);
     swim_stats st0, st1;
     swim_get_stats(sim_core(s, slow), &st0);
     sim_set_slow(s, slow, sim_now(s) + 1000, 10000, 3000);
-    sim_run_until(s, sim_now(s) + minutes_ms);
+    sim_run_until(s, sim_now(s) + (uint64_t)o->minutes * 60000);
     sim_set_slow(s, slow, 0, 0, 0);
+    /* counted as observers that held someone dead: 0 / 0 means nobody, anywhere */
     row->slow_dead = sim_false_positives_about(s, slow) - fps0;
     row->slow_others_dead = (sim_false_positives(s) - fp0) - row->slow_dead;
-    /* counted as observers that held someone dead: 0 / 0 means nobody, anywhere */
     swim_get_stats(sim_core(s, slow), &st1);
     row->slow_suspected = st1.refutes - st0.refutes;
+}
 
+static void run_phase(const bench_opts *o, sim_t *s, uint32_t n, int ph, bench_row *row)
+{
+    switch (ph) {
+    case PH_CRASH:
+        phase_crashes(o, s, n, row);
+        break;
+    case PH_LOSS5:
+        phase_loss(o, s, 0.05, &row->fp_5, &row->marks_5, &row->susp_5);
+        break;
+    case PH_LOSS20:
+        phase_loss(o, s, 0.20, &row->fp_20, &row->marks_20, &row->susp_20);
+        break;
+    case PH_SLOW:
+        phase_slow(o, s, n, row);
+        break;
+    }
+}
+
+/* Copy what phase ph measured from src into dst. */
+static void merge_phase(int ph, bench_row *dst, const bench_row *src)
+{
+    switch (ph) {
+    case PH_CRASH:
+        dst->crash_median_s = src->crash_median_s;
+        dst->crash_max_s = src->crash_max_s;
+        dst->crashes = src->crashes;
+        dst->crashes_undetected = src->crashes_undetected;
+        break;
+    case PH_LOSS5:
+        dst->fp_5 = src->fp_5;
+        dst->marks_5 = src->marks_5;
+        dst->susp_5 = src->susp_5;
+        break;
+    case PH_LOSS20:
+        dst->fp_20 = src->fp_20;
+        dst->marks_20 = src->marks_20;
+        dst->susp_20 = src->susp_20;
+        break;
+    case PH_SLOW:
+        dst->slow_dead = src->slow_dead;
+        dst->slow_others_dead = src->slow_others_dead;
+        dst->slow_suspected = src->slow_suspected;
+        break;
+    }
+}
+
+/*
+ * Run the phases, each on its own copy of the converged cluster: in forked children
+ * (copy-on-write, so the copies cost nothing until they diverge), up to --jobs at a
+ * time, each sending its row back through a pipe. The results do not depend on --jobs:
+ * every phase starts from the same state with the same random stream.
+ */
+static void run_phases(const bench_opts *o, sim_t *s, uint32_t n, bench_row *row)
+{
+    struct {
+        pid_t pid;
+        int fd;
+        double t0;
+    } kids[PH_COUNT];
+    int running = 0, next = 0;
+    uint64_t rng0 = bench_rng;
+    fflush(stdout);
+    fflush(stderr);
+    while (next < PH_COUNT || running > 0) {
+        while (next < PH_COUNT && running < (int)(o->jobs ? o->jobs : 1)) {
+            int ph = next++;
+            double t0 = wall_now();
+            int fds[2] = {-1, -1};
+            pid_t pid = -1;
+            if (pipe(fds) == 0)
+                pid = fork();
+            if (pid == 0) {
+                close(fds[0]);
+                bench_row r;
+                memset(&r, 0, sizeof(r));
+                bench_rng = rng0 + (uint64_t)ph;
+                run_phase(o, s, n, ph, &r);
+                ssize_t w = write(fds[1], &r, sizeof(r));
+                _exit(w == (ssize_t)sizeof(r) ? 0 : 1);
+            }
+            if (pid < 0) {
+                /* no fork: run it here, on s itself, and let the cluster settle before
+                 * the next phase (the figures then differ slightly from a forked run) */
+                if (fds[0] >= 0) {
+                    close(fds[0]);
+                    close(fds[1]);
+                }
+                log_phase(o, n, phase_names[ph], -1);
+                bench_row r;
+                memset(&r, 0, sizeof(r));
+                bench_rng = rng0 + (uint64_t)ph;
+                run_phase(o, s, n, ph, &r);
+                merge_phase(ph, row, &r);
+                run_until_converged(s, 300000);
+                log_phase(o, n, phase_names[ph], wall_now() - t0);
+                continue;
+            }
+            close(fds[1]);
+            log_phase(o, n, phase_names[ph], -1);
+            kids[ph].pid = pid;
+            kids[ph].fd = fds[0];
+            kids[ph].t0 = t0;
+            running++;
+        }
+        if (running == 0)
+            break;
+        int status;
+        pid_t done = wait(&status);
+        if (done < 0)
+            break;
+        for (int ph = 0; ph < PH_COUNT; ph++) {
+            if (ph >= next || kids[ph].pid != done)
+                continue;
+            bench_row r;
+            ssize_t got = read(kids[ph].fd, &r, sizeof(r));
+            close(kids[ph].fd);
+            kids[ph].pid = 0;
+            running--;
+            if (got != (ssize_t)sizeof(r) || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+                fprintf(stderr, "simbench: phase %s failed\n", phase_names[ph]);
+                exit(1);
+            }
+            merge_phase(ph, row, &r);
+            log_phase(o, n, phase_names[ph], wall_now() - kids[ph].t0);
+        }
+    }
+}
+
+static void bench_one(const bench_opts *o, uint32_t n, bench_row *row)
+{
+    double w0 = wall_now(), t0 = w0;
+    memset(row, 0, sizeof(*row));
+    row->n = n;
+    sim_config cfg;
+    sim_config_default(&cfg, n, o->seed ^ n);
+    sim_t *s = sim_new(&cfg);
+    if (!s) {
+        fprintf(stderr, "simbench: out of memory\n");
+        exit(1);
+    }
+
+    /* converge from one seed */
+    log_phase(o, n, "converge", -1);
+    uint32_t seed0 = 0;
+    sim_start(s, 0, NULL, 0);
+    for (uint32_t i = 1; i < n; i++) {
+        sim_run_until(s, (uint64_t)i * 1000 / n);
+        sim_start(s, i, &seed0, 1);
+    }
+    uint64_t c = run_until_converged(s, 300000);
+    row->converge_s = c == UINT64_MAX ? -1 : (double)sim_now(s) / 1000.0;
+    log_phase(o, n, "converge", wall_now() - t0);
+
+    /* steady-state traffic: let the join wave's gossip run out first */
+    t0 = wall_now();
+    log_phase(o, n, "traffic", -1);
+    sim_run_until(s, sim_now(s) + 60000);
+    sim_traffic a, b;
+    cbor_count cc = {.buf = KV_BUF_INIT};
+    sim_on_send(s, count_cbor, &cc);
+    sim_get_traffic(s, &a);
+    sim_run_until(s, sim_now(s) + 120000);
+    sim_get_traffic(s, &b);
+    sim_on_send(s, NULL, NULL);
+    kv_buf_free(&cc.buf);
+    if (cc.errors)
+        fprintf(stderr, "simbench: the codec refused %" PRIu64 " messages\n", cc.errors);
+    double node_s = (double)(b.node_ms - a.node_ms) / 1000.0;
+    row->msgs_per_node_s = (double)(b.msgs - a.msgs) / node_s;
+    row->bytes_per_node_s = (double)(b.bytes - a.bytes) / node_s;
+    row->cbor_per_node_s = (double)cc.bytes / node_s;
+    log_phase(o, n, "traffic", wall_now() - t0);
+
+    run_phases(o, s, n, row);
     sim_free(s);
     row->wall_s = wall_now() - w0;
 }
@@ -297,13 +436,15 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: simbench [--nodes 10,100,1000] [--seed S] [--crashes C] [--minutes M] "
-            "[--quiet]\n"
+            "[--jobs J] [--quiet]\n"
             "Simulates SWIM clusters (tests/sim) and prints the membership table of "
             "README \"Membership\".\n"
             "  --nodes    cluster sizes, comma-separated, 3..%d (default 10,100,1000)\n"
             "  --seed     random seed; the same seed gives the same table (default 1)\n"
             "  --crashes  crash/restart cycles per size (default 20)\n"
             "  --minutes  simulated minutes per loss and slow-node run (default 10)\n"
+            "  --jobs     phases run at once, each in a forked copy of the cluster\n"
+            "             (default: CPUs, at most 4; the figures do not depend on it)\n"
             "  --quiet    no progress lines on stderr\n",
             SWIM_MAX_MEMBERS);
 }
@@ -331,6 +472,9 @@ int main(int argc, char **argv)
             i++;
         } else if (!strcmp(a, "--crashes") && v) {
             o.crashes = (uint32_t)strtoul(v, NULL, 10);
+            i++;
+        } else if (!strcmp(a, "--jobs") && v) {
+            o.jobs = (uint32_t)strtoul(v, NULL, 10);
             i++;
         } else if (!strcmp(a, "--minutes") && v) {
             o.minutes = (uint32_t)strtoul(v, NULL, 10);
