@@ -4,8 +4,8 @@
  * on the same data directory, and a check that nothing acknowledged was lost.
  *
  *   crashtest [--rounds N] [--seed S] [--keys K] [--conns C] [--depth D]
- *             [--kill-min-ms A] [--kill-max-ms B] [--dir DIR] [--keep]
- *             [--node-arg ARG]... [--quiet]
+ *             [--kill-min-ms A] [--kill-max-ms B] [--recovery-kills P] [--dir DIR]
+ *             [--keep] [--node-arg ARG]... [--quiet] [--self-test-lose]
  *
  * Exit status: 0 all rounds passed, 1 a check failed (or the node misbehaved), 2 usage.
  * Single process, a few threads: the main thread runs the rounds; one writer thread per
@@ -37,12 +37,14 @@
  * delete was the last acknowledged write (and no later put was sent) counts as lost too
  * (the delete was lost).
  *
- * Round r: start the node (wait for /readyz) → verify every key → write from C
- * connections (depth D pipelined requests each; overwrites and ~15% deletes, no TTLs)
- * → after a random delay in [A, B] ms (seeded), kill -9. After the last round: start,
- * verify, SIGTERM, and the node must exit 0. The same data directory is used by every
- * round, with small segments (and, as the engine grows them, low compaction thresholds)
- * so that segment rotation and compaction are part of what gets killed.
+ * Round r: (in P% of rounds: start the node and kill -9 it 1-60 ms later, while it may
+ * still be recovering) → start the node (wait for /readyz) → verify every key → write
+ * from C connections (depth D pipelined requests each; overwrites and ~15% deletes, no
+ * TTLs) → after a random delay in [A, B] ms (seeded), read the node's compaction
+ * counters and kill -9 it. After the last round: start, verify, SIGTERM, and the node
+ * must exit 0. The same data directory is used by every round, with small segments and
+ * low compaction thresholds (ct_default_node_args) so that segment rotation, compaction
+ * and hint files are part of what gets killed; a failed compaction fails the run.
  *
  * The seed fixes the kill delays, key choices, operations and values; thread timing is
  * not reproducible, so a failing seed shows the pattern, not the exact interleaving.
@@ -52,19 +54,19 @@
  */
 #include "harness.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <signal.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <dirent.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -731,9 +733,10 @@ static void ct_usage(FILE *f)
     fprintf(
         f,
         "usage: crashtest [options]\n"
-        "  Rounds of: start kvstore servenode (storage.sync=always, small segments), write\n"
-        "  from several connections, kill -9 at a random moment, restart, and verify that\n"
-        "  every acknowledged write reads back (see the design notes in crashtest.c).\n"
+        "  Rounds of: start kvstore servenode (storage.sync=always, small segments, low\n"
+        "  compaction thresholds), write from several connections, kill -9 at a random\n"
+        "  moment, restart, and verify that every acknowledged write reads back (see the\n"
+        "  design notes in crashtest.c).\n"
         "\n"
         "  --rounds N        kill -9 rounds (default 15)\n"
         "  --seed S          RNG seed (default: from the clock; always printed)\n"
@@ -746,8 +749,8 @@ static void ct_usage(FILE *f)
         "  --keep            keep the data directory afterwards (it is always kept on failure)\n"
         "  --node-arg ARG    extra argument for kvstore servenode (repeatable), e.g.\n"
         "                    --node-arg=--storage.segment_bytes --node-arg=1MiB\n"
-        "  --recovery-kills P  in P%% of rounds (default 20) also kill -9 a restart 1-60 ms\n"
-        "                    after it starts, while it may still be recovering\n"
+        "  --recovery-kills P  in P%% of rounds (default 20) first kill -9 a restart\n"
+        "                    1-60 ms after it starts, while it may still be recovering\n"
         "  --quiet           only the summary line\n"
         "  --self-test-lose  test the checker: delete the newest segments after each kill;\n"
         "                    exits 0 only if lost writes were then reported\n"
