@@ -41,8 +41,9 @@
 #define SWIM_SEED_MAX  255 /* a seed "host:port" as configured (may be a DNS name) */
 #define SWIM_MAX_SEEDS 16  /* seeds per swim_join */
 
-/* Gossip items piggybacked on one message, at most. The byte budget
- * (swim_config.max_msg_bytes) usually limits a message to fewer. */
+/* Gossip items piggybacked on one message, at most. On probe-lane messages the byte
+ * budget (swim_config.max_msg_bytes) usually limits them to fewer; a GOSSIP message
+ * (max_gossip_bytes) may carry all 64, about 5 KB. */
 #define SWIM_MAX_UPDATES 64
 
 /* Members in one push-pull state transfer, and in the member table, at most. A core
@@ -318,8 +319,8 @@ int swim_join(swim_t *s, uint64_t now_ms, const char *const *seeds, size_t n_see
 
 /*
  * Leave gracefully: bump the incarnation, mark self LEFT and announce it to a few members
- * at once (and in gossip). SWIM_EV_LEAVE_DONE follows when the announcement went out
- * (at the latest after one probe interval); then stop calling the core. Idempotent.
+ * at once (and in gossip). SWIM_EV_LEAVE_DONE follows one gossip interval
+ * later (at once if no member is alive); then stop calling the core. Idempotent.
  */
 void swim_leave(swim_t *s, uint64_t now_ms);
 
@@ -341,8 +342,8 @@ bool swim_pop_send(swim_t *s, swim_send *out);
  * calls (up to 65536; older ones dropped beyond that) — drain them anyway. */
 bool swim_pop_event(swim_t *s, swim_event *out);
 
-/* When swim_tick must next be called, in now_ms terms. Always within one probe interval
- * (scaled) of the last input. */
+/* When swim_tick must next be called, in now_ms terms; never earlier than the last
+ * input's now_ms (a deadline already due is reported as that "now"). */
 uint64_t swim_next_deadline(const swim_t *s);
 
 /* ---------- queries (borrowed pointers: valid until the next input call) ---------- */

@@ -3,9 +3,13 @@
  * messages built and delivered by the test, virtual time. What they prove: incarnation
  * precedence and refutation, Lifeguard's shrinking suspicion timeout, graceful leave,
  * the retransmit limit, bounded message size, malformed input dropped, stale gossip
- * unable to revive a reaped member, the stall grace, and same seed → same output.
+ * unable to revive a reaped member, the stall grace, repairs of members that missed news,
+ * ring status in gossip, the CBOR codec within the core's size bounds, and same seed →
+ * same output.
  */
+#include "common/buf.h"
 #include "kvstore/error.h"
+#include "net/wire.h"
 #include "swim/swim.h"
 
 #include <criterion/criterion.h>
@@ -910,4 +914,92 @@ Test(swim, suspicion_at_higher_incarnation_restarts_the_timer)
     run(s, t0 + 6000, t0 + 9000);
     cr_assert_eq(member(s, 5)->node.state, SWIM_SUSPECT, "died on the stale episode's timer");
     swim_free(s);
+}
+
+/* ---------- ring status ---------- */
+
+Test(swim, ring_status_travels_with_alive_and_is_an_event)
+{
+    swim_t *a = mk_core(0, 1, NULL), *b = mk_core(1, 2, NULL);
+    add_members(a, T0, 1, 1, 1);
+    add_members(b, T0, 0, 0, 0);
+    uint64_t inc = swim_self(a)->node.incarnation;
+    cr_assert_eq(swim_set_ring_status(a, T0 + 1, SWIM_RING_LEAVING), KV_OK);
+    cr_assert_eq(swim_self(a)->node.ring, SWIM_RING_LEAVING);
+    cr_assert_eq(swim_self(a)->node.incarnation, inc + 1, "a ring change is a new incarnation");
+    /* the next message a sends to b carries it */
+    uint64_t now = T0 + 1;
+    bool delivered = false;
+    while (!delivered && now < T0 + 5000) {
+        uint64_t d = swim_next_deadline(a);
+        now = d > now ? d : now + 1;
+        swim_tick(a, now);
+        swim_send snd;
+        while (swim_pop_send(a, &snd))
+            if (!strcmp(snd.to, mk_node(1, 0, 0).addr) && snd.msg.n_updates > 0) {
+                drain(b);
+                cr_assert_eq(swim_recv(b, now, mk_node(0, 0, 0).addr, &snd.msg), KV_OK);
+                delivered = true;
+                break;
+            }
+    }
+    cr_assert(delivered);
+    const swim_member *m = swim_member_find(b, &swim_self(a)->node.id);
+    cr_assert_eq(m->node.ring, SWIM_RING_LEAVING);
+    swim_event ev;
+    bool seen = false;
+    while (swim_pop_event(b, &ev))
+        seen |= ev.kind == SWIM_EV_MEMBER_UPDATED && ev.old_ring == SWIM_RING_NORMAL &&
+                ev.member.node.ring == SWIM_RING_LEAVING;
+    cr_assert(seen, "the ring sees the change as an event");
+    swim_free(a);
+    swim_free(b);
+}
+
+/* ---------- the codec keeps within the core's size bounds ---------- */
+
+Test(swim, cbor_codec_stays_within_wire_bounds)
+{
+    /* the core budgets messages with swim_msg_wire_bound; the node's codec
+     * (src/net/wire.c) must never produce more. Worst cases: longest strings, largest
+     * numbers. */
+    swim_update ups[SWIM_MAX_UPDATES];
+    swim_node nodes[8];
+    for (int i = 0; i < SWIM_MAX_UPDATES; i++) {
+        swim_node n = mk_node((uint32_t)i, UINT64_MAX - (uint64_t)i, (swim_state)(i % 4));
+        memset(n.name, 'n', SWIM_NAME_MAX);
+        n.name[SWIM_NAME_MAX] = '\0';
+        memset(n.addr, 'a', SWIM_ADDR_MAX);
+        n.addr[SWIM_ADDR_MAX] = '\0';
+        n.ring = (swim_ring_status)(i % 4);
+        ups[i].node = n;
+        ups[i].from = mk_node((uint32_t)i + 1, 0, 0).id;
+        if (i < 8)
+            nodes[i] = n;
+    }
+    char from_addr[SWIM_ADDR_MAX + 1];
+    memset(from_addr, 'f', SWIM_ADDR_MAX);
+    from_addr[SWIM_ADDR_MAX] = '\0';
+    for (int type = SWIM_MSG_PING; type <= SWIM_MSG_PUSH_PULL_REPLY; type++) {
+        for (uint32_t nu = 0; nu <= SWIM_MAX_UPDATES; nu += 16) {
+            swim_msg m = {.type = (swim_msg_type)type,
+                          .seq = UINT32_MAX,
+                          .flags = 3,
+                          .digest = {UINT32_MAX, UINT64_MAX}};
+            m.from = mk_node(99, 0, 0).id;
+            m.target = mk_node(98, 0, 0).id;
+            memset(m.target_addr, 't', SWIM_ADDR_MAX);
+            m.n_updates = nu;
+            m.updates = ups;
+            if (type == SWIM_MSG_PUSH_PULL || type == SWIM_MSG_PUSH_PULL_REPLY) {
+                m.n_members = 8;
+                m.members = nodes;
+            }
+            kv_buf b = KV_BUF_INIT;
+            cr_assert_eq(kv_wire_encode(&b, from_addr, &m), KV_OK);
+            CHECK(b.len <= swim_msg_wire_bound(&m), "type %d with %u updates: %zu > %zu bytes",
+                  type, nu, b.len, swim_msg_wire_bound(&m));
+            kv_buf_free(&b);
+        }
+    }
 }
