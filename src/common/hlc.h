@@ -63,6 +63,19 @@ void kv_hlc_init(kv_hlc *c, uint32_t node);
 kv_version kv_hlc_now(kv_hlc *c, uint64_t now_ms);
 
 /*
+ * True when kv_hlc_now cannot return a version newer than everything seen: the clock has
+ * observed the largest possible timestamp (only a corrupt or hostile input carries one).
+ * A caller must then refuse the write instead of assigning a version that would lose to
+ * what is stored — kv_hlc_now saturates rather than wrapping to 0.
+ */
+bool kv_hlc_exhausted(const kv_hlc *c, uint64_t now_ms);
+
+/* Versions whose wall part runs more than this far ahead of the local clock are refused
+ * by conditional writes: a node with a clock a day fast (or a forged version) must not
+ * push every later write of this node into the past. */
+#define KV_HLC_MAX_AHEAD_MS (24ull * 3600 * 1000)
+
+/*
  * Merge a version seen elsewhere (a replica's answer, a record read from disk, a
  * conditional write): afterwards kv_hlc_now returns something newer than v. now_ms is
  * accepted for symmetry with the HLC receive rule and future drift checks; the merge

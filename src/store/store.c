@@ -926,6 +926,21 @@ static int store_write(kv_store *s, uint8_t type, const void *key, size_t klen, 
     uint64_t now = store_wall_ms();
     uint64_t hash = store_index_hash(&s->index, key, klen);
     uint32_t ref = store_index_find(&s->index, hash, key, klen);
+    if (given && kv_hlc_ahead_ms(given, now) > KV_HLC_MAX_AHEAD_MS) {
+        s->st.applies_refused++;
+        kv_log_warn("conditional write refused: its version is too far in the future",
+                    KV_UINT("version_ts", given->ts), KV_UINT("version_node", given->node),
+                    KV_UINT("ahead_ms", kv_hlc_ahead_ms(given, now)));
+        return KV_EINVAL;
+    }
+    if (!given && kv_hlc_exhausted(&s->clock, now)) {
+        /* A stored version carries the largest timestamp there is: any version assigned
+         * now would lose to it, so the write would be acknowledged and then vanish. */
+        s->st.write_errors++;
+        kv_log_error("write refused: the version clock is exhausted by a stored version "
+                     "at the maximum timestamp");
+        return KV_EIO;
+    }
     if (given) {
         kv_hlc_observe(&s->clock, given, now);
         if (ref) {

@@ -80,6 +80,7 @@ typedef struct kv_store_stats {
     uint64_t dead_bytes;      /* garbage bytes in segments (what compaction reclaims) */
     uint64_t index_bytes;     /* memory held by the index (table + entries + keys) */
     uint64_t applies_stale;   /* store_apply calls refused: a newer version was stored */
+    uint64_t applies_refused; /* store_apply calls refused: version > 24 h in the future */
     uint64_t purges;          /* tombstones forgotten by store_purge */
     uint64_t expired_dropped; /* expired records dropped by compaction */
     uint64_t compactions;     /* compactions finished */
@@ -119,8 +120,10 @@ typedef void (*store_write_cb)(void *arg, int status, const kv_version *ver);
  * Write key=val with a fresh version. expiry_ms is a wall-clock deadline in ms since the
  * epoch, 0 for none. Returns KV_OK and later calls cb exactly once; or returns an error
  * now (KV_ETOOBIG, KV_EINVAL, KV_ECLOSED, KV_EIO, KV_ENOSPC, KV_ENOMEM) and never calls
- * cb. A disk error found when the buffered record is written (or fsync'ed) comes through
- * cb instead. The bytes are copied; the caller's buffers are free to reuse on return.
+ * cb. KV_EIO now also when the clock cannot assign a version newer than one stored (a
+ * record at the maximum timestamp: see kv_hlc_exhausted). A disk error found when the
+ * buffered record is written (or fsync'ed) comes through cb instead. The bytes are copied; the
+ * caller's buffers are free to reuse on return.
  */
 int store_put(kv_store *s, const void *key, size_t klen, const void *val, size_t vlen,
               uint64_t expiry_ms, store_write_cb cb, void *arg);
@@ -137,7 +140,10 @@ int store_delete(kv_store *s, const void *key, size_t klen, store_write_cb cb, v
  *
  * Returns KV_OK and later calls cb exactly once with: KV_OK (ver = *ver, written); or
  * KV_ESTALE (ver = the stored version, which is >= *ver; nothing written); or KV_EIO /
- * KV_ENOSPC as for store_put. Immediate errors as for store_put (cb not called). The
+ * KV_ENOSPC as for store_put. Immediate errors as for store_put (cb not called), plus
+ * KV_EINVAL when *ver runs more than KV_HLC_MAX_AHEAD_MS ahead of this node's wall clock
+ * (logged, counted in applies_refused): merging it would put every later local write
+ * behind a forged or far-future version. The
  * decision is made against every earlier write, including ones still waiting for their
  * write(2)/fsync, so two applies of the same key resolve in version order.
  */

@@ -395,6 +395,45 @@ Test(engine, ring_hash_is_xxh64_seed0)
         cr_expect_eq(kv_ring_hash(v[i].in, strlen(v[i].in)), v[i].want, "input %zu", i);
 }
 
+Test(engine, hlc_saturates_instead_of_wrapping)
+{
+    kv_hlc c;
+    kv_hlc_init(&c, 1);
+    kv_version top = {.ts = UINT64_MAX, .node = 5};
+    kv_hlc_observe(&c, &top, 1000);
+    cr_expect(kv_hlc_exhausted(&c, 1000));
+    kv_version v = kv_hlc_now(&c, 1000);
+    /* Never wraps to a small timestamp that would lose to what was observed. */
+    cr_expect_eq(v.ts, UINT64_MAX);
+    kv_hlc_init(&c, 1);
+    cr_expect_not(kv_hlc_exhausted(&c, 1000));
+}
+
+/* A forged or far-future version from a peer must not push this node's later writes
+ * into the past: refused outright. One a few minutes ahead (clock skew) is taken, and a
+ * local write after it still wins. */
+Test(engine, apply_refuses_far_future_versions_and_local_writes_still_win, .init = setup,
+     .fini = teardown)
+{
+    kv_store *s = open_store(KV_SYNC_ALWAYS, 1 << 20);
+    wres r = {0};
+    kv_version top = {.ts = UINT64_MAX, .node = 9};
+    int rc = store_apply(s, "k", 1, "from-peer", 9, 0, &top, false, write_cb, &r);
+    cr_expect_eq(rc, KV_EINVAL, "apply at the maximum timestamp: %s", kv_strerror(rc));
+    kv_store_stats st;
+    store_stats(s, &st);
+    cr_expect_eq(st.applies_refused, 1u);
+
+    kv_version skewed = {.ts = (now_ms() + 5 * 60 * 1000) << KV_HLC_LOGICAL_BITS, .node = 9};
+    cr_expect_eq(apply_wait(s, "k", "from-peer", skewed, false, NULL), KV_OK);
+    kv_version mine = put_str(s, "k", "local-put");
+    cr_expect_gt(kv_version_cmp(&mine, &skewed), 0);
+    close_store(s);
+    s = open_store(KV_SYNC_ALWAYS, 1 << 20);
+    expect_val(s, "k", "local-put");
+    close_store(s);
+}
+
 /* ---------- conditional writes ---------- */
 
 static void apply_both_ways(kv_sync_mode mode)
