@@ -9,6 +9,8 @@
  */
 #include "client/json.h"
 
+#include "common/hex.h"
+
 #include <stdint.h>
 #include <string.h>
 
@@ -77,24 +79,13 @@ static bool skip_value(scan *s)
     return s->p > start;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 static bool read_hex4(scan *s, uint32_t *out)
 {
     if (s->end - s->p < 4)
         return false;
     uint32_t v = 0;
     for (int i = 0; i < 4; i++) {
-        int h = hexval(s->p[i]);
+        int h = kv_hexval(s->p[i]);
         if (h < 0)
             return false;
         v = v << 4 | (uint32_t)h;

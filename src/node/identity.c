@@ -4,6 +4,7 @@
  */
 #include "node/identity.h"
 
+#include "common/hex.h"
 #include "common/log.h"
 #include "kvstore/error.h"
 
@@ -105,17 +106,6 @@ fail:
     return KV_EIO;
 }
 
-static int hexdig(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Parse "<32 hex>\n?" into id. */
 static bool ident_parse_id(const char *s, uint8_t *id)
 {
@@ -125,7 +115,7 @@ static bool ident_parse_id(const char *s, uint8_t *id)
     if (n != 2 * KV_NODE_ID_BYTES)
         return false;
     for (size_t i = 0; i < KV_NODE_ID_BYTES; i++) {
-        int hi = hexdig(s[2 * i]), lo = hexdig(s[2 * i + 1]);
+        int hi = kv_hexval(s[2 * i]), lo = kv_hexval(s[2 * i + 1]);
         if (hi < 0 || lo < 0)
             return false;
         id[i] = (uint8_t)(hi << 4 | lo);

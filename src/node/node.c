@@ -14,6 +14,7 @@
  */
 #include "node/node.h"
 
+#include "common/hex.h"
 #include "common/buf.h"
 #include "common/log.h"
 #include "http/metrics.h"
@@ -150,17 +151,6 @@ static void node_raise_fd_limit(const kv_config *cfg)
 
 /* ---------- request helpers ---------- */
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Percent-decode src[0..n) into out. A '%' not followed by two hex digits is an error.
  * '+' is a literal plus in a path. */
 static int percent_decode(const char *src, size_t n, kv_buf *out)
@@ -173,7 +163,7 @@ static int percent_decode(const char *src, size_t n, kv_buf *out)
         if (c == '%') {
             if (i + 2 >= n)
                 return KV_EINVAL;
-            int hi = hexval(src[i + 1]), lo = hexval(src[i + 2]);
+            int hi = kv_hexval(src[i + 1]), lo = kv_hexval(src[i + 2]);
             if (hi < 0 || lo < 0)
                 return KV_EINVAL;
             c = (char)(hi * 16 + lo);

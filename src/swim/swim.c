@@ -69,6 +69,7 @@
  */
 #include "swim/swim.h"
 
+#include "common/hex.h"
 #include "kvstore/error.h"
 
 #include <math.h>
@@ -320,24 +321,13 @@ void swim_id_to_hex(const swim_member_id *id, char out[2 * SWIM_ID_LEN + 1])
     out[2 * SWIM_ID_LEN] = '\0';
 }
 
-static int swim_hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 int swim_id_from_hex(const char *hex, swim_member_id *out)
 {
     swim_member_id id;
     if (!hex || !out || strlen(hex) != 2 * SWIM_ID_LEN)
         return KV_EINVAL;
     for (int i = 0; i < SWIM_ID_LEN; i++) {
-        int hi = swim_hexval(hex[2 * i]), lo = swim_hexval(hex[2 * i + 1]);
+        int hi = kv_hexval(hex[2 * i]), lo = kv_hexval(hex[2 * i + 1]);
         if (hi < 0 || lo < 0)
             return KV_EINVAL;
         id.b[i] = (uint8_t)(hi << 4 | lo);
