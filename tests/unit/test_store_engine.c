@@ -412,8 +412,7 @@ Test(engine, hlc_saturates_instead_of_wrapping)
 /* A forged or far-future version from a peer must not push this node's later writes
  * into the past: refused outright. One a few minutes ahead (clock skew) is taken, and a
  * local write after it still wins. */
-Test(engine, apply_refuses_far_future_versions_and_local_writes_still_win, .init = setup,
-     .fini = teardown)
+Test(engine, apply_refuses_far_future_versions_and_local_writes_still_win)
 {
     kv_store *s = open_store(KV_SYNC_ALWAYS, 1 << 20);
     wres r = {0};
