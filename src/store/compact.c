@@ -46,6 +46,7 @@
  */
 #include "store/internal.h"
 
+#include "common/grow.h"
 #include "common/log.h"
 #include "kvstore/error.h"
 #include "store/crc32c.h"
@@ -347,14 +348,10 @@ void store_bg_queue_hint(kv_store *s, uint32_t seg_id)
     for (size_t i = 0; i < s->hintq_n; i++)
         if (s->hintq[i] == seg_id)
             return;
-    if (s->hintq_n == s->hintq_cap) {
-        size_t cap = s->hintq_cap ? s->hintq_cap * 2 : 16;
-        uint32_t *p = realloc(s->hintq, cap * sizeof(*p));
-        if (!p)
-            return; /* no hint then: the segment is scanned at open */
-        s->hintq = p;
-        s->hintq_cap = cap;
-    }
+    uint32_t *p = kv_grow(s->hintq, &s->hintq_cap, s->hintq_n + 1, sizeof(*p), 16);
+    if (!p)
+        return; /* no hint then: the segment is scanned at open */
+    s->hintq = p;
     s->hintq[s->hintq_n++] = seg_id;
 }
 
@@ -517,14 +514,10 @@ static void comp_begin(kv_store *s, store_compaction *c)
 
 static int items_push(store_compaction *c, const cj_item *it)
 {
-    if (c->n == c->cap) {
-        size_t cap = c->cap ? c->cap * 2 : 4096;
-        cj_item *p = realloc(c->items, cap * sizeof(*p));
-        if (!p)
-            return KV_ENOMEM;
-        c->items = p;
-        c->cap = cap;
-    }
+    cj_item *p = kv_grow(c->items, &c->cap, c->n + 1, sizeof(*p), 4096);
+    if (!p)
+        return KV_ENOMEM;
+    c->items = p;
     c->items[c->n++] = *it;
     return KV_OK;
 }

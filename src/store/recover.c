@@ -17,6 +17,7 @@
  */
 #include "store/internal.h"
 
+#include "common/grow.h"
 #include "common/log.h"
 #include "kvstore/error.h"
 
@@ -372,14 +373,10 @@ static int cmp_u32(const void *a, const void *b)
 
 static int push_id(uint32_t **v, size_t *n, size_t *cap, uint32_t id)
 {
-    if (*n == *cap) {
-        size_t c = *cap ? *cap * 2 : 16;
-        uint32_t *p = realloc(*v, c * sizeof(*p));
-        if (!p)
-            return KV_ENOMEM;
-        *v = p;
-        *cap = c;
-    }
+    uint32_t *p = kv_grow(*v, cap, *n + 1, sizeof(*p), 16);
+    if (!p)
+        return KV_ENOMEM;
+    *v = p;
     (*v)[(*n)++] = id;
     return KV_OK;
 }

@@ -73,6 +73,7 @@
  */
 #include "store/internal.h"
 
+#include "common/grow.h"
 #include "common/hash.h"
 #include "common/log.h"
 #include "kvstore/error.h"
@@ -147,16 +148,10 @@ void store_seg_name(char *out, size_t cap, const char *dir, uint32_t id, const c
 
 static int segs_reserve(kv_store *s, size_t n)
 {
-    if (s->nsegs + n <= s->capsegs)
-        return KV_OK;
-    size_t cap = s->capsegs ? s->capsegs * 2 : 16;
-    while (cap < s->nsegs + n)
-        cap *= 2;
-    store_seg *p = realloc(s->segs, cap * sizeof(*p));
+    store_seg *p = kv_grow(s->segs, &s->capsegs, s->nsegs + n, sizeof(*p), 16);
     if (!p)
         return KV_ENOMEM;
     s->segs = p;
-    s->capsegs = cap;
     return KV_OK;
 }
 
@@ -248,16 +243,10 @@ static int pread_all(int fd, void *p, size_t n, uint64_t off)
 
 static int fd_vec_reserve(fd_vec *v, size_t n)
 {
-    if (v->n + n <= v->cap)
-        return KV_OK;
-    size_t cap = v->cap ? v->cap : 4;
-    while (cap < v->n + n)
-        cap *= 2;
-    int *p = realloc(v->v, cap * sizeof(*p));
+    int *p = kv_grow(v->v, &v->cap, v->n + n, sizeof(*p), 4);
     if (!p)
         return KV_ENOMEM;
     v->v = p;
-    v->cap = cap;
     return KV_OK;
 }
 
@@ -860,16 +849,10 @@ int store_rotate(kv_store *s)
 
 static int wbuf_reserve(kv_store *s, size_t n)
 {
-    if (n <= s->wcap)
-        return KV_OK;
-    size_t cap = s->wcap ? s->wcap : STORE_WBUF_BYTES;
-    while (cap < n)
-        cap *= 2;
-    uint8_t *p = realloc(s->wbuf, cap);
+    uint8_t *p = kv_grow(s->wbuf, &s->wcap, n, 1, STORE_WBUF_BYTES);
     if (!p)
         return KV_ENOMEM;
     s->wbuf = p;
-    s->wcap = cap;
     return KV_OK;
 }
 
@@ -1090,16 +1073,10 @@ int store_apply(kv_store *s, const void *key, size_t klen, const void *val, size
 
 static int rbuf_reserve(kv_store *s, size_t n)
 {
-    if (n <= s->rcap)
-        return KV_OK;
-    size_t cap = s->rcap ? s->rcap : 4096;
-    while (cap < n)
-        cap *= 2;
-    uint8_t *p = realloc(s->rbuf, cap);
+    uint8_t *p = kv_grow(s->rbuf, &s->rcap, n, 1, 4096);
     if (!p)
         return KV_ENOMEM;
     s->rbuf = p;
-    s->rcap = cap;
     return KV_OK;
 }
 
