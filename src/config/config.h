@@ -62,6 +62,12 @@ typedef struct kv_config {
     /* replication.* */
     int replication_n, replication_r, replication_w;
     bool replication_sloppy_quorum; /* fallbacks count toward quorums (DESIGN §9) */
+    uint64_t replication_timeout_ms;      /* quorum deadline of one request */
+    bool replication_read_repair;         /* repair stale replicas found by reads */
+    int replication_hints_max_count;      /* hints held at most */
+    uint64_t replication_hints_max_bytes; /* hint bytes held at most */
+    /* ring.* */
+    int ring_tokens; /* virtual nodes per member */
     /* limits.* */
     uint32_t limits_max_key;            /* bytes, 1..1024 */
     uint64_t limits_max_value;          /* bytes */

@@ -28,6 +28,7 @@
 #define NET_ADDR_MAX            300
 #define NET_SENDBUF_PROBE       64
 #define NET_SENDBUF_BULK        16
+#define NET_SENDBUF_REPL        1024 /* batches: one per loop turn per peer at most */
 #define NET_RECONN_MIN_MS       100
 #define NET_RECONN_MAX_MS       2000
 
@@ -36,7 +37,7 @@ typedef struct net_peer {
     struct net_peer *next; /* hash chain */
     char addr[NET_ADDR_MAX];
     char url[NET_ADDR_MAX + 8]; /* "tcp://" + addr */
-    nng_socket sock[2];         /* by kv_net_lane; id 0 = not open */
+    nng_socket sock[3];         /* by kv_net_lane; id 0 = not open */
     uint64_t last_used_ms;
 } net_peer;
 
@@ -166,7 +167,9 @@ static int net_peer_open_lane(kv_net *n, net_peer *p, int lane)
         return KV_EIO;
     }
     nng_socket_set_int(s, NNG_OPT_SENDBUF,
-                       lane == KV_NET_LANE_PROBE ? NET_SENDBUF_PROBE : NET_SENDBUF_BULK);
+                       lane == KV_NET_LANE_PROBE  ? NET_SENDBUF_PROBE
+                       : lane == KV_NET_LANE_BULK ? NET_SENDBUF_BULK
+                                                  : NET_SENDBUF_REPL);
     nng_socket_set_ms(s, NNG_OPT_RECONNMINT, NET_RECONN_MIN_MS);
     nng_socket_set_ms(s, NNG_OPT_RECONNMAXT, NET_RECONN_MAX_MS);
     nng_socket_set_bool(s, NNG_OPT_TCP_NODELAY, true);
@@ -187,6 +190,7 @@ static void net_peer_free(kv_net *n, net_peer *p)
 {
     net_peer_close_lane(p, KV_NET_LANE_PROBE);
     net_peer_close_lane(p, KV_NET_LANE_BULK);
+    net_peer_close_lane(p, KV_NET_LANE_REPL);
     free(p);
     n->stats.peers_open--;
 }
@@ -250,7 +254,8 @@ int kv_net_send(kv_net *n, const char *addr, kv_net_lane lane, const void *data,
 {
     if (n->closing)
         return KV_ECLOSED;
-    if ((lane != KV_NET_LANE_PROBE && lane != KV_NET_LANE_BULK) || !net_addr_ok(addr) ||
+    if ((lane != KV_NET_LANE_PROBE && lane != KV_NET_LANE_BULK && lane != KV_NET_LANE_REPL) ||
+        !net_addr_ok(addr) ||
         len > n->opts.max_msg) {
         n->stats.dropped_send_error++;
         return KV_EINVAL;

@@ -28,6 +28,7 @@
  *   latest after cluster.leave_timeout. From then on inbound messages are ignored.
  */
 #include "node/membership.h"
+#include "repl/msg.h"
 
 #include "common/log.h"
 #include "kvstore/error.h"
@@ -96,6 +97,9 @@ struct kv_membership {
 
     /* Transport drop counters already published (kv_net keeps totals). */
     kv_net_stats net_seen;
+
+    kv_membership_hooks hooks; /* replication layer */
+    bool changed;              /* member table changed since on_change was last called */
 };
 
 /* One JOIN message on its way to a seed: the encoded bytes wait for the name to resolve. */
@@ -335,12 +339,14 @@ static void memb_event(kv_membership *m, const swim_event *ev)
     memb_id_short(&nd->id, id);
     switch (ev->kind) {
     case SWIM_EV_MEMBER_ADDED:
+        m->changed = true;
         kv_log_info("member added", KV_STR("member", nd->name), KV_STR("id", id),
                     KV_STR("address", nd->addr), KV_STR("state", swim_state_name(nd->state)),
                     KV_UINT("incarnation", nd->incarnation),
                     KV_STR("ring", swim_ring_status_name(nd->ring)));
         break;
     case SWIM_EV_MEMBER_UPDATED:
+        m->changed = true;
         if (ev->old_state != nd->state) {
             /* The line operators grep for: who, old → new, at which incarnation. */
             char change[32];
@@ -364,6 +370,7 @@ static void memb_event(kv_membership *m, const swim_event *ev)
                          KV_UINT("old_incarnation", ev->old_incarnation));
         break;
     case SWIM_EV_MEMBER_REAPED:
+        m->changed = true;
         kv_log_info("member forgotten", KV_STR("member", nd->name), KV_STR("id", id),
                     KV_STR("state", swim_state_name(nd->state)),
                     KV_UINT("incarnation", nd->incarnation));
@@ -408,6 +415,10 @@ static void memb_drain(kv_membership *m)
     swim_event ev;
     while (swim_pop_event(m->core, &ev))
         memb_event(m, &ev);
+    if (m->changed && m->hooks.on_change && !m->closing) {
+        m->changed = false;
+        m->hooks.on_change(m->hooks.arg);
+    }
     if (m->stopped || m->closing)
         return;
     uint64_t now = uv_now(m->loop), at = swim_next_deadline(m->core);
@@ -444,6 +455,11 @@ static void memb_on_recv(void *arg, const uint8_t *data, size_t len)
     kv_membership *m = arg;
     if (m->stopped || m->closing)
         return; /* left: we answer nobody any more */
+    if (kv_repl_is_batch(data, len)) {
+        if (m->hooks.on_repl)
+            m->hooks.on_repl(m->hooks.arg, data, len);
+        return;
+    }
     const char *why = NULL;
     int rc = kv_wire_decode(data, len, m->rx, &why);
     if (rc != KV_OK) {
@@ -590,6 +606,10 @@ int kv_membership_start(kv_membership **out, uv_loop_t *loop, const kv_config *c
         .port = cfg->cluster_port,
         .on_recv = memb_on_recv,
         .arg = m,
+        /* a replica batch carries whole values: room for the largest one */
+        .max_msg = cfg->limits_max_value + (1u << 20) > (8u << 20)
+                       ? (size_t)cfg->limits_max_value + (1u << 20)
+                       : (8u << 20),
     };
     int rc = kv_net_open(&m->net, loop, &no);
     if (rc != KV_OK) {
@@ -674,6 +694,28 @@ int kv_membership_start(kv_membership **out, uv_loop_t *loop, const kv_config *c
 const char *kv_membership_advertise(const kv_membership *m)
 {
     return m->advertise;
+}
+
+const swim_member_id *kv_membership_self_id(const kv_membership *m)
+{
+    return &swim_self(m->core)->node.id;
+}
+
+const swim_t *kv_membership_core(const kv_membership *m)
+{
+    return m->core;
+}
+
+void kv_membership_set_hooks(kv_membership *m, const kv_membership_hooks *h)
+{
+    m->hooks = *h;
+}
+
+int kv_membership_send_repl(kv_membership *m, const char *addr, const void *data, size_t len)
+{
+    if (m->closing)
+        return KV_ECLOSED;
+    return kv_net_send(m->net, addr, KV_NET_LANE_REPL, data, len);
 }
 
 /* ---------- views ---------- */

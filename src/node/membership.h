@@ -13,6 +13,7 @@
 #include "config/config.h"
 #include "http/metrics.h"
 #include "node/identity.h"
+#include "swim/swim.h"
 
 #include <uv.h>
 
@@ -32,6 +33,32 @@ int kv_membership_start(kv_membership **out, uv_loop_t *loop, const kv_config *c
 
 /* "host:port" other members use to reach this node. */
 const char *kv_membership_advertise(const kv_membership *m);
+
+/* This node's member id. */
+const swim_member_id *kv_membership_self_id(const kv_membership *m);
+
+/* The SWIM core, read-only: the member table (swim_member_count/at/find) for the ring. */
+const swim_t *kv_membership_core(const kv_membership *m);
+
+/*
+ * Hooks for the replication layer (src/repl), loop thread:
+ *   on_repl(arg, data, len) — a received peer message that is a replica batch
+ *     (kv_repl_is_batch); data valid during the call.
+ *   on_change(arg) — the member table changed (a member added, forgotten, or its state,
+ *     ring status or address changed): rebuild the ring, re-check liveness. Called after
+ *     the membership's own handling of the change, never from inside a kv_membership_*
+ *     call made by the hook's owner.
+ * Either may be NULL. Call once, before traffic matters (right after start).
+ */
+typedef struct kv_membership_hooks {
+    void (*on_repl)(void *arg, const uint8_t *data, size_t len);
+    void (*on_change)(void *arg);
+    void *arg;
+} kv_membership_hooks;
+void kv_membership_set_hooks(kv_membership *m, const kv_membership_hooks *h);
+
+/* Send a replica batch to addr on the replication lane (kv_net_send's contract). */
+int kv_membership_send_repl(kv_membership *m, const char *addr, const void *data, size_t len);
 
 /*
  * Append {"node_id":..,"name":..,"address":..,"joined":..,"members":[...]} to out: every

@@ -1,0 +1,46 @@
+/*
+ * replication.h — the node's replication layer (DESIGN §7–§9): the adapter that wires
+ * the ring (src/ring), the quorum coordinator (repl/coord.h), hinted handoff (repl/hints.h),
+ * key listing (repl/listing.h) and the replica side of every message to the network (membership's
+ * replica lane, batched per peer per loop turn), the local store and the loop's timers.
+ * Loop thread only.
+ *
+ * The node hands it every client GET/PUT/DELETE of /v1/kv/{key} and GET /v1/kv (listing)
+ * and GET /v1/cluster/ring; it answers them through the kv_http_req.
+ */
+#ifndef KV_NODE_REPLICATION_H
+#define KV_NODE_REPLICATION_H
+
+#include "config/config.h"
+#include "http/metrics.h"
+#include "http/server.h"
+#include "node/membership.h"
+#include "store/store.h"
+
+#include <uv.h>
+
+typedef struct kv_repl kv_repl;
+
+/* Start on a running membership and an open store (both must outlive it). Opens the hint
+ * store in <node.data_dir>/hints. KV_OK or an error (logged). */
+int kv_repl_start(kv_repl **out, uv_loop_t *loop, const kv_config *cfg, kv_store *store,
+                  kv_membership *memb, uint32_t node_id, kv_metrics *metrics);
+
+/* A client request on /v1/kv/{key}: key already percent-decoded and checked against
+ * limits.max_key; method GET, PUT or DELETE. Answers req (now or later). */
+void kv_repl_handle_kv(kv_repl *r, kv_http_req *req, const uint8_t *key, size_t klen);
+
+/* GET /v1/kv (listing) — answers req. */
+void kv_repl_handle_list(kv_repl *r, kv_http_req *req);
+
+/* GET /v1/cluster/ring — answers req. */
+void kv_repl_handle_ring(kv_repl *r, kv_http_req *req);
+
+/* Write counters and gauges into the metrics registry (before rendering /metrics). */
+void kv_repl_publish_metrics(kv_repl *r);
+
+/* Stop: answer pending client requests with 503, close the hint store; done(arg) on the
+ * loop afterwards. */
+void kv_repl_close(kv_repl *r, void (*done)(void *arg), void *arg);
+
+#endif

@@ -1,0 +1,159 @@
+/*
+ * msg.h — replica messages between nodes (DESIGN §9) and their CBOR encoding. Pure
+ * functions; any thread (the node calls them on its loop thread).
+ *
+ * A replica message travels inside a BATCH: every message the node has ready for one
+ * peer in one loop turn goes out as one nng message (DESIGN: batching). On the wire:
+ *
+ *   batch   = [KV_REPL_PROTO, from_id (16-byte bytes), from_addr (text), [msg...]]
+ *   msg     = [type, req_id, ...fields by position, see below]
+ *
+ * KV_REPL_PROTO is chosen so that it can never be a SWIM protocol version (SWIM messages
+ * are [SWIM_PROTOCOL_VERSION, ...]): the receiver looks at the first item of the outer
+ * array to tell the two apart (kv_repl_is_batch).
+ *
+ *   WRITE      [1, req_id, key, ts, node, flags, expiry_ms, value, hint_for]
+ *   WRITE_ACK  [2, req_id, status, ts, node]
+ *   READ       [3, req_id, key]
+ *   READ_ACK   [4, req_id, status, ts, node, flags, expiry_ms, value]
+ *   LIST       [5, req_id, prefix, limit, has_cursor, cursor_hash, cursor_key]
+ *   LIST_ACK   [6, req_id, status, truncated, [[key, hash, ts, node, flags]...]]
+ *
+ * Fields: key 1..KV_REPL_KEY_MAX bytes; value a byte string (empty for tombstones);
+ * ts/node a kv_version; flags KV_REPL_F_*; hint_for a 16-byte id or an empty byte string;
+ * status a kv_repl_status. Decoding is defensive: types, counts, lengths and enums are
+ * checked against the bounds below and against the bytes left; anything else is refused
+ * with a reason (a metric label) and the whole batch is dropped. A decoder accepts longer
+ * msg arrays than it knows (extra trailing items skipped) so fields can be appended later.
+ */
+#ifndef KV_REPL_MSG_H
+#define KV_REPL_MSG_H
+
+#include "common/buf.h"
+#include "common/hlc.h"
+#include "swim/swim.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define KV_REPL_PROTO     0x6b76 /* "kv": never a SWIM protocol version */
+#define KV_REPL_KEY_MAX   1024
+#define KV_REPL_BATCH_MAX 4096    /* messages in one batch, at most */
+#define KV_REPL_LIST_MAX  10000   /* items in one LIST_ACK, and LIST.limit, at most */
+#define KV_REPL_VALUE_MAX (64u << 20)
+
+/* Request ids: the adapter routes an ACK to whoever sent the request by the top bits of
+ * req_id: 0 — the coordinator; KV_REPL_REQ_HINT — hint delivery; KV_REPL_REQ_LIST — key
+ * listing. Each owner makes ids unique within its own space. */
+#define KV_REPL_REQ_HINT (1ull << 63)
+#define KV_REPL_REQ_LIST (1ull << 62)
+#define KV_REPL_REQ_MASK (3ull << 62)
+
+typedef enum kv_repl_type {
+    KV_REPL_WRITE = 1,
+    KV_REPL_WRITE_ACK = 2,
+    KV_REPL_READ = 3,
+    KV_REPL_READ_ACK = 4,
+    KV_REPL_LIST = 5,
+    KV_REPL_LIST_ACK = 6,
+} kv_repl_type;
+
+/* Answer status. */
+typedef enum kv_repl_status {
+    KV_REPL_OK = 0,       /* WRITE: stored (ver = the version written); READ: found */
+    KV_REPL_STALE = 1,    /* WRITE: refused, the replica holds ver (>= the one sent) */
+    KV_REPL_NOTFOUND = 2, /* READ: the replica holds nothing for the key */
+    KV_REPL_ERROR = 3,    /* the replica failed (disk error, full, refused version, ...) */
+    KV_REPL_FULL = 4,     /* WRITE with hint_for: the fallback's hint store is full */
+} kv_repl_status;
+
+#define KV_REPL_F_TOMBSTONE 0x1u /* the record is a delete */
+#define KV_REPL_F_EXPIRED   0x2u /* READ_ACK / LIST_ACK: a value whose TTL has passed */
+
+/*
+ * One decoded or to-be-encoded message. Pointers (key, value, prefix, cursor_key, items)
+ * point into the decoded input or the caller's memory; nothing is owned.
+ */
+typedef struct kv_repl_item {
+    const uint8_t *key;
+    size_t klen;
+    uint64_t hash;
+    kv_version ver;
+    uint32_t flags;
+} kv_repl_item;
+
+typedef struct kv_repl_msg {
+    kv_repl_type type;
+    uint64_t req_id;
+    kv_repl_status status; /* *_ACK */
+    const uint8_t *key;    /* WRITE, READ; LIST: prefix (may be empty) */
+    size_t klen;
+    kv_version ver;     /* WRITE, WRITE_ACK, READ_ACK */
+    uint32_t flags;     /* WRITE, READ_ACK */
+    uint64_t expiry_ms; /* WRITE, READ_ACK: 0 = never */
+    const uint8_t *value;
+    size_t vlen;
+    bool has_hint_for; /* WRITE: store as a hint for hint_for (sloppy quorum fallback) */
+    swim_member_id hint_for;
+    /* LIST */
+    uint32_t limit;
+    bool has_cursor;
+    uint64_t cursor_hash;
+    const uint8_t *cursor_key;
+    size_t cursor_klen;
+    /* LIST_ACK */
+    bool truncated; /* the replica stopped at limit: keys beyond the last may exist */
+    uint32_t n_items;
+    const kv_repl_item *items; /* decode: points into kv_repl_batch.items */
+} kv_repl_msg;
+
+/* ---- encoding: a batch is built message by message into one buffer ---- */
+
+typedef struct kv_repl_batch_w {
+    kv_buf *out;
+    size_t count_off; /* where the message-array header goes */
+    uint32_t count;
+    int err;
+} kv_repl_batch_w;
+
+/* Start a batch in out (reset first) from this node. */
+void kv_repl_batch_begin(kv_repl_batch_w *b, kv_buf *out, const swim_member_id *from_id,
+                         const char *from_addr);
+/* Append one message. KV_OK, KV_EINVAL (a field over its bound), KV_ETOOBIG (batch full),
+ * KV_ENOMEM. On failure the batch is unchanged. */
+int kv_repl_batch_add(kv_repl_batch_w *b, const kv_repl_msg *m);
+/* Finish: out holds the whole encoded batch. KV_OK or the first error. */
+int kv_repl_batch_end(kv_repl_batch_w *b);
+
+/* ---- decoding ---- */
+
+/* True when data looks like a replica batch (its first item is KV_REPL_PROTO), false
+ * for anything else (a SWIM message, garbage). Cheap; does not validate the rest. */
+bool kv_repl_is_batch(const uint8_t *data, size_t len);
+
+typedef struct kv_repl_batch {
+    swim_member_id from_id;
+    char from_addr[SWIM_ADDR_MAX + 1];
+    uint32_t n_msgs;
+    kv_repl_msg *msgs;   /* malloc'ed, n_msgs entries */
+    kv_repl_item *items; /* malloc'ed, all LIST_ACK items of the batch */
+} kv_repl_batch;
+
+/* Why a batch was refused: the reason label of kv_peer_messages_dropped_total. */
+#define KV_REPL_MALFORMED     "repl_malformed"
+#define KV_REPL_OUT_OF_BOUNDS "repl_out_of_bounds"
+
+/*
+ * Decode data[0..len) into *out. Pointers in the messages point into data, which must
+ * outlive their use. KV_OK; KV_ECORRUPT with *reason a KV_REPL_* label (out holds nothing
+ * to free); KV_ENOMEM.
+ */
+int kv_repl_batch_decode(const uint8_t *data, size_t len, kv_repl_batch *out,
+                         const char **reason);
+void kv_repl_batch_free(kv_repl_batch *b);
+
+/* Encoded size of m at most (for deciding when to start a new batch). */
+size_t kv_repl_msg_wire_bound(const kv_repl_msg *m);
+
+#endif
