@@ -1,0 +1,2 @@
+/* ring.c — see ring.h (implementation in progress). */
+#include "ring/ring.h"
