@@ -107,7 +107,9 @@ typedef struct kv_coord_effect {
     kv_repl_msg msg;   /* SEND: WRITE or READ with req_id set; HINT: the WRITE (req_id 0) */
     /* REPLY */
     void *client;
-    int status;       /* KV_OK, KV_ENOTFOUND, KV_EUNAVAIL, KV_EIO (every replica failed) */
+    int status;       /* KV_OK, KV_ENOTFOUND, KV_EUNAVAIL, or when the quorum failed
+                         because replicas failed: KV_ENOSPC (one reported NOSPACE) or
+                         KV_EIO (ERROR) */
     kv_version ver;   /* KV_OK: the version read or written; KV_ENOTFOUND: of a tombstone, or 0 */
     const uint8_t *value; /* GET KV_OK */
     size_t vlen;

@@ -66,6 +66,7 @@ typedef enum kv_repl_status {
     KV_REPL_NOTFOUND = 2, /* READ: the replica holds nothing for the key */
     KV_REPL_ERROR = 3,    /* the replica failed (disk error, full, refused version, ...) */
     KV_REPL_FULL = 4,     /* WRITE with hint_for: the fallback's hint store is full */
+    KV_REPL_NOSPACE = 5,  /* WRITE: the replica's data device is full */
 } kv_repl_status;
 
 #define KV_REPL_F_TOMBSTONE 0x1u /* the record is a delete */
