@@ -64,6 +64,7 @@ typedef struct kv_config {
     bool replication_sloppy_quorum; /* fallbacks count toward quorums (DESIGN §9) */
     uint64_t replication_timeout_ms;      /* quorum deadline of one request */
     bool replication_read_repair;         /* repair stale replicas found by reads */
+    bool replication_batching;            /* one nng message per peer per loop turn */
     int replication_hints_max_count;      /* hints held at most */
     uint64_t replication_hints_max_bytes; /* hint bytes held at most */
     /* ring.* */

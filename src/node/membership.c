@@ -453,13 +453,14 @@ static void memb_on_lag(uv_timer_t *t)
 static void memb_on_recv(void *arg, const uint8_t *data, size_t len)
 {
     kv_membership *m = arg;
-    if (m->stopped || m->closing)
-        return; /* left: we answer nobody any more */
-    if (kv_repl_is_batch(data, len)) {
+    if (!m->closing && kv_repl_is_batch(data, len)) {
+        /* Replica traffic flows on while a leave spreads: requests in flight finish. */
         if (m->hooks.on_repl)
             m->hooks.on_repl(m->hooks.arg, data, len);
         return;
     }
+    if (m->stopped || m->closing)
+        return; /* left: we answer nobody any more */
     const char *why = NULL;
     int rc = kv_wire_decode(data, len, m->rx, &why);
     if (rc != KV_OK) {
