@@ -88,6 +88,7 @@ typedef struct kv_coord_req {
     uint32_t n;         /* preference-list size: targets[0..n) are primaries */
     uint32_t need;      /* R (GET) or W (PUT, DELETE): 1..n */
     bool sloppy;        /* fallbacks may stand in for dead primaries (writes only) */
+    bool read_repair;   /* GET: repair stale replicas when the read closes (caller's choice) */
     uint64_t timeout_ms;
     const kv_coord_target *targets; /* n primaries, then fallbacks */
     uint32_t n_targets;             /* <= KV_COORD_MAX_TARGETS */
