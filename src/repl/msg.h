@@ -156,5 +156,8 @@ void kv_repl_batch_free(kv_repl_batch *b);
 
 /* Encoded size of m at most (for deciding when to start a new batch). */
 size_t kv_repl_msg_wire_bound(const kv_repl_msg *m);
+/* Bytes of a batch besides its messages, at most: a batch of messages m1..mk takes at most
+ * KV_REPL_BATCH_WIRE_FIXED + the sum of kv_repl_msg_wire_bound(mi). */
+#define KV_REPL_BATCH_WIRE_FIXED (1 + 3 + 1 + SWIM_ID_LEN + 2 + SWIM_ADDR_MAX + 5)
 
 #endif
