@@ -48,6 +48,12 @@ typedef struct kv_list_params {
  * default empty = all keys), limit (1..KV_LIST_MAX_LIMIT, default KV_LIST_DEFAULT_LIMIT),
  * cursor (as rendered by a page). Unknown parameters are ignored (r=, consistency=...).
  * KV_OK, or KV_EINVAL with a one-line reason in err naming the parameter.
+ *
+ * Details: '+' is a literal plus (as in a key's path segment; spaces are %20); an empty
+ * cursor ("cursor=") means the first page; prefix, limit or cursor given twice is an
+ * error. The cursor is opaque to clients: today it is 16 lower-case hex digits of the
+ * ring hash, '-', and the key's bytes in hex (URL-safe, at most 2065 characters) — the
+ * (hash, key) of the last key the page covered; either case of hex is accepted.
  */
 int kv_list_parse_query(const char *q, size_t qlen, kv_list_params *out, kv_buf *err);
 
@@ -55,7 +61,8 @@ int kv_list_parse_query(const char *q, size_t qlen, kv_list_params *out, kv_buf 
 
 typedef struct kv_list_scan kv_list_scan;
 
-/* A scan for the LIST message m (prefix, limit, cursor). NULL when out of memory. */
+/* A scan for the LIST message m (prefix, limit, cursor; all copied). A limit outside
+ * 1..KV_REPL_LIST_MAX is clamped into it. NULL when out of memory. */
 kv_list_scan *kv_list_scan_new(const kv_repl_msg *m);
 /* Examine one bounded chunk of the store (store_range: about a millisecond). Sets *done
  * once the whole store has been examined. KV_OK or the store's error. */
@@ -72,7 +79,10 @@ typedef struct kv_list_merge kv_list_merge;
 
 kv_list_merge *kv_list_merge_new(const kv_list_params *p);
 /* One member's answer (a LIST_ACK's items and truncated flag). Copies what it keeps.
- * KV_OK, KV_ENOMEM. */
+ * Items need not be sorted; items that do not match the prefix or are not after the
+ * cursor (a confused member) are ignored with a log line. KV_OK, KV_ENOMEM, or KV_EPROTO
+ * for a truncated answer without a usable item (it vouches for nothing, so paging on it
+ * would make no progress: treat that member as failed); a refused answer changes nothing. */
 int kv_list_merge_add(kv_list_merge *m, const kv_repl_item *items, uint32_t n, bool truncated);
 /*
  * Render the page into out (reset first):
