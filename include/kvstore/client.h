@@ -103,6 +103,49 @@ int kv_client_delete(kv_client *c, const void *key, size_t klen);
  */
 int kv_client_raw_get(kv_client *c, const char *path, int *status, char **body, size_t *blen);
 
+/* ---- key listing: GET /v1/kv?prefix=&limit=&cursor= ---- */
+
+#define KV_CLIENT_LIST_MAX_LIMIT 1000       /* keys per page, at most (the server's bound) */
+#define KV_CLIENT_LIST_KEY_MAX   1024       /* bytes in a key, at most */
+#define KV_CLIENT_LIST_MAX_BODY  (4u << 20) /* a page is accepted up to this size */
+
+/* One listed key. */
+typedef struct kv_client_list_key {
+    char *key;        /* the key's bytes (malloc'ed; NUL-terminated, not counted in klen) */
+    size_t klen;      /* 1..KV_CLIENT_LIST_KEY_MAX */
+    char version[64]; /* newest version, as in the ETag without quotes: "<ts>.<node>" */
+} kv_client_list_key;
+
+/* One page of a listing; owned by the caller, freed with kv_client_list_page_free. */
+typedef struct kv_client_list_page {
+    kv_client_list_key *keys; /* in listing order: (ring hash, key bytes), not alphabetical */
+    size_t nkeys;
+    /* Where the next page starts (opaque, URL-safe, NUL-terminated); NULL when the listing
+     * is complete. A page may hold fewer than limit keys — even none, when everything it
+     * covered was deleted — and still have a next_cursor: follow it until it is NULL. */
+    char *next_cursor;
+    char *json; /* the page as the server sent it (NUL-terminated), for --json output */
+    size_t json_len;
+} kv_client_list_page;
+
+/*
+ * Fetch one page of the keys that start with prefix[0..plen) (any bytes; plen 0 = all
+ * keys), at most limit of them (1..KV_CLIENT_LIST_MAX_LIMIT; 0 = the server's default,
+ * 100), starting after cursor (a previous page's next_cursor; NULL or "" for the first
+ * page). Each key that exists during the whole listing is listed exactly once, with its
+ * newest version; deleted and expired keys are not listed. The page body may be up to
+ * KV_CLIENT_LIST_MAX_BODY whatever opts->max_body says. KV_OK and *out; KV_EINVAL for a
+ * limit over the bound or plen over KV_CLIENT_LIST_KEY_MAX; KV_EBADREQ when the server
+ * refuses the query (a bad cursor: last_error says which parameter); KV_EUNAVAIL when it
+ * cannot reach enough members (503); KV_EPROTO when the answer is not a page; the usual
+ * transport errors (see kv_client_new).
+ */
+int kv_client_list(kv_client *c, const void *prefix, size_t plen, uint32_t limit,
+                   const char *cursor, kv_client_list_page **out);
+
+/* Free a page from kv_client_list (NULL is fine). */
+void kv_client_list_page_free(kv_client_list_page *p);
+
 #ifdef __cplusplus
 }
 #endif

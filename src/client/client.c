@@ -21,6 +21,7 @@
 #include "kvstore/client.h"
 
 #include "client/json.h"
+#include "client/list.h"
 #include "client/url.h"
 #include "common/buf.h"
 #include "common/log.h"
@@ -695,4 +696,55 @@ int kv_client_raw_get(kv_client *c, const char *path, int *status, char **body, 
     *status = r.status;
     *body = kv_buf_steal(&r.body, blen);
     return KV_OK;
+}
+
+int kv_client_list(kv_client *c, const void *prefix, size_t plen, uint32_t limit,
+                   const char *cursor, kv_client_list_page **out)
+{
+    if (!c || !out || (plen && !prefix))
+        return KV_EINVAL;
+    err_clear(c);
+    if (limit > KV_CLIENT_LIST_MAX_LIMIT)
+        return err_set(c, KV_EINVAL, "limit %" PRIu32 " is over %d", limit,
+                       KV_CLIENT_LIST_MAX_LIMIT);
+    if (plen > KV_CLIENT_LIST_KEY_MAX)
+        return err_set(c, KV_EINVAL, "the prefix is longer than a key can be (%d bytes)",
+                       KV_CLIENT_LIST_KEY_MAX);
+    kv_buf target = KV_BUF_INIT;
+    int rc = kv_buf_appends(&target, "/v1/kv?prefix=");
+    if (rc == KV_OK)
+        rc = kvc_path_escape(&target, prefix, plen);
+    if (rc == KV_OK && limit > 0)
+        rc = kv_buf_printf(&target, "&limit=%" PRIu32, limit);
+    if (rc == KV_OK && cursor && *cursor) {
+        /* opaque, URL-safe as the server made it; escaped anyway so that no caller's
+         * string can break the request line */
+        rc = kv_buf_appends(&target, "&cursor=");
+        if (rc == KV_OK)
+            rc = kvc_path_escape(&target, cursor, strlen(cursor));
+    }
+    if (rc != KV_OK) {
+        kv_buf_free(&target);
+        return err_set(c, KV_ENOMEM, "out of memory");
+    }
+    /* A page of 1000 long binary keys is about 3 MiB: more than a value bound may allow. */
+    uint64_t saved = c->max_body;
+    if (c->max_body < KV_CLIENT_LIST_MAX_BODY)
+        c->max_body = KV_CLIENT_LIST_MAX_BODY;
+    kvc_resp r;
+    memset(&r, 0, sizeof(r));
+    rc = do_request(c, "GET", target.data, NULL, 0, false, &r);
+    c->max_body = saved;
+    kv_buf_free(&target);
+    if (rc == KV_OK && (r.status < 200 || r.status > 299))
+        rc = status_error(c, &r, false);
+    if (rc == KV_OK) {
+        rc = kvc_list_parse(r.body.data ? r.body.data : "", r.body.len, out);
+        if (rc == KV_EPROTO)
+            err_set(c, rc, "the answer from %s is not a key listing page", c->url.authority);
+        else if (rc != KV_OK)
+            err_set(c, rc, "out of memory");
+    }
+    kv_buf_free(&r.body);
+    return rc;
 }

@@ -741,3 +741,44 @@ Test(client_http, refused_connection_is_econnect, .timeout = 10)
               kv_client_last_error(c)->detail);
     kv_client_free(c);
 }
+
+Test(client_http, list_sends_the_query_and_reads_the_page, .timeout = 10)
+{
+    fake_step steps[] = {
+        {mkresp("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n",
+                "{\"keys\":[{\"key\":\"a%2Fb\",\"version\":\"3.1\"}],"
+                "\"next_cursor\":\"0123456789abcdef-612f62\"}"),
+         0, FS_KEEP},
+        {mkresp("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n",
+                "{\"keys\":[],\"next_cursor\":null}"),
+         0, FS_KEEP},
+        {mkresp(PROBLEM_HEAD("400 Bad Request"),
+                "{\"code\":\"invalid_query\",\"detail\":\"cursor: not a cursor\"}"),
+         0, FS_KEEP},
+        {mkresp("HTTP/1.1 200 OK\r\n", "{\"keys\":[{\"key\":\"\"}]}"), 0, FS_KEEP},
+    };
+    fake_srv *f = fake_start(steps, 4);
+    kv_client *c = client_for(f, 2000, 16); /* a page may exceed the value bound */
+    kv_client_list_page *p = NULL;
+    cr_assert_eq(kv_client_list(c, "a/ b", 4, 7, NULL, &p), KV_OK);
+    cr_expect(strncmp(f->req[0], "GET /v1/kv?prefix=a%2F%20b&limit=7 HTTP/1.1\r\n", 45) == 0, "%s",
+              f->req[0]);
+    cr_assert_eq(p->nkeys, 1);
+    cr_expect_str_eq(p->keys[0].key, "a/b");
+    cr_expect_str_eq(p->next_cursor, "0123456789abcdef-612f62");
+    kv_client_list_page *p2 = NULL;
+    cr_assert_eq(kv_client_list(c, NULL, 0, 0, p->next_cursor, &p2), KV_OK);
+    cr_expect(strncmp(f->req[1], "GET /v1/kv?prefix=&cursor=0123456789abcdef-612f62 HTTP/1.1\r\n",
+                      60) == 0,
+              "%s", f->req[1]);
+    cr_expect_null(p2->next_cursor);
+    kv_client_list_page_free(p2);
+    kv_client_list_page_free(p);
+    cr_expect_eq(kv_client_list(c, NULL, 0, 0, "x", &p), KV_EBADREQ);
+    cr_expect_str_eq(kv_client_last_error(c)->code, "invalid_query");
+    cr_expect_eq(kv_client_list(c, NULL, 0, 0, NULL, &p), KV_EPROTO);
+    cr_expect_eq(kv_client_list(c, NULL, 0, 1001, NULL, &p), KV_EINVAL);
+    cr_expect_eq(fake_nreq(f), 4);
+    kv_client_free(c);
+    fake_stop(f);
+}

@@ -1,0 +1,261 @@
+/*
+ * list.c — reading a key-listing page (see list.h). Pure; any thread.
+ *
+ * The body comes from the network: every step checks the end of input, nesting is only
+ * counted (never recursed into), and anything that is not a page is KV_EPROTO rather than
+ * a half-filled result. String members are decoded by kvc_json_str_field; this file only
+ * finds the "keys" array, walks its objects and tells a null cursor from a string one.
+ */
+#include "client/list.h"
+
+#include "client/json.h"
+#include "common/hex.h"
+
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* A cursor is 16 + 1 + 2 * 1024 characters today; leave room for a future format. */
+#define LIST_CURSOR_MAX 4096
+
+static const char *skip_ws(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n'))
+        p++;
+    return p;
+}
+
+/* Past the string at p (its opening quote); NULL if it does not end. */
+static const char *skip_string(const char *p, const char *end)
+{
+    for (p++; p < end; p++) {
+        if (*p == '\\') {
+            p++;
+            if (p >= end)
+                return NULL;
+        } else if (*p == '"') {
+            return p + 1;
+        }
+    }
+    return NULL;
+}
+
+/* Past the value at p (string, number, literal, object or array); NULL if broken. */
+static const char *skip_value(const char *p, const char *end)
+{
+    if (p >= end)
+        return NULL;
+    if (*p == '"')
+        return skip_string(p, end);
+    if (*p != '{' && *p != '[') {
+        const char *start = p;
+        while (p < end && *p != ',' && *p != '}' && *p != ']' && *p != ' ' && *p != '\t' &&
+               *p != '\r' && *p != '\n')
+            p++;
+        return p > start ? p : NULL;
+    }
+    size_t depth = 0;
+    while (p < end) {
+        if (*p == '"') {
+            p = skip_string(p, end);
+            if (!p)
+                return NULL;
+            continue;
+        }
+        if (*p == '{' || *p == '[') {
+            depth++;
+        } else if (*p == '}' || *p == ']') {
+            if (--depth == 0)
+                return p + 1;
+        }
+        p++;
+    }
+    return NULL;
+}
+
+/* The value of the member `name` of the object at p: [*v, *vend). */
+static bool find_member(const char *p, const char *end, const char *name, const char **v,
+                        const char **vend)
+{
+    p = skip_ws(p, end);
+    if (p >= end || *p != '{')
+        return false;
+    p = skip_ws(p + 1, end);
+    if (p < end && *p == '}')
+        return false;
+    size_t nlen = strlen(name);
+    for (;;) {
+        if (p >= end || *p != '"')
+            return false;
+        const char *k = p + 1, *kend = skip_string(p, end);
+        if (!kend)
+            return false;
+        p = skip_ws(kend, end);
+        if (p >= end || *p != ':')
+            return false;
+        const char *val = skip_ws(p + 1, end);
+        p = skip_value(val, end);
+        if (!p)
+            return false;
+        if ((size_t)(kend - 1 - k) == nlen && memcmp(k, name, nlen) == 0) {
+            *v = val;
+            *vend = p;
+            return true;
+        }
+        p = skip_ws(p, end);
+        if (p >= end || *p != ',')
+            return false;
+        p = skip_ws(p + 1, end);
+    }
+}
+
+/* Percent-decode s into out (at most cap bytes). Length, or -1 if malformed/too long. */
+static long pct_decode(const char *s, size_t n, char *out, size_t cap)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (c == '%') {
+            if (n - i < 3)
+                return -1;
+            int hi = kv_hexval(s[i + 1]), lo = kv_hexval(s[i + 2]);
+            if (hi < 0 || lo < 0)
+                return -1;
+            c = (char)(hi << 4 | lo);
+            i += 2;
+        }
+        if (o == cap)
+            return -1;
+        out[o++] = c;
+    }
+    return (long)o;
+}
+
+static bool url_safe(const char *s)
+{
+    for (; *s; s++) {
+        char c = *s;
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '.' || c == '_' || c == '~'))
+            return false;
+    }
+    return true;
+}
+
+void kv_client_list_page_free(kv_client_list_page *p)
+{
+    if (!p)
+        return;
+    for (size_t i = 0; i < p->nkeys; i++)
+        free(p->keys[i].key);
+    free(p->keys);
+    free(p->next_cursor);
+    free(p->json);
+    free(p);
+}
+
+/* One key object at [o, oend) into k. KV_OK, KV_EPROTO, KV_ENOMEM. */
+static int parse_key(const char *o, const char *oend, char *enc, size_t enc_cap,
+                     kv_client_list_key *k)
+{
+    size_t olen = (size_t)(oend - o);
+    if (!kvc_json_str_field(o, olen, "key", enc, enc_cap))
+        return KV_EPROTO;
+    size_t elen = strlen(enc);
+    if (elen == 0 || elen >= enc_cap - 1) /* empty, or possibly cut short */
+        return KV_EPROTO;
+    char raw[KV_CLIENT_LIST_KEY_MAX];
+    long klen = pct_decode(enc, elen, raw, sizeof(raw));
+    if (klen <= 0)
+        return KV_EPROTO;
+    if (!kvc_json_str_field(o, olen, "version", k->version, sizeof(k->version)))
+        return KV_EPROTO;
+    k->key = malloc((size_t)klen + 1);
+    if (!k->key)
+        return KV_ENOMEM;
+    memcpy(k->key, raw, (size_t)klen);
+    k->key[klen] = '\0';
+    k->klen = (size_t)klen;
+    return KV_OK;
+}
+
+int kvc_list_parse(const char *json, size_t len, kv_client_list_page **out)
+{
+    if (!json || !out)
+        return KV_EINVAL;
+    const char *end = json + len, *arr, *arrend;
+    /* One whole object and nothing after it: a cut-off body is not a shorter page. */
+    const char *start = skip_ws(json, end), *objend = skip_value(start, end);
+    if (start >= end || *start != '{' || !objend || skip_ws(objend, end) != end)
+        return KV_EPROTO;
+    if (!find_member(json, end, "keys", &arr, &arrend) || *arr != '[')
+        return KV_EPROTO;
+    kv_client_list_page *pg = calloc(1, sizeof(*pg));
+    /* a percent-encoded key is at most three characters a byte; +2 tells a cut-off */
+    size_t enc_cap = 3 * KV_CLIENT_LIST_KEY_MAX + 2;
+    char *enc = malloc(enc_cap > LIST_CURSOR_MAX + 2 ? enc_cap : LIST_CURSOR_MAX + 2);
+    int rc = pg && enc ? KV_OK : KV_ENOMEM;
+    size_t cap = 0;
+    const char *p = rc == KV_OK ? skip_ws(arr + 1, arrend) : arrend;
+    while (rc == KV_OK && p < arrend && *p != ']') {
+        const char *o = p, *oend = skip_value(p, arrend);
+        if (*o != '{' || !oend) {
+            rc = KV_EPROTO;
+            break;
+        }
+        if (pg->nkeys == cap) {
+            size_t ncap = cap ? 2 * cap : 16;
+            kv_client_list_key *nk = realloc(pg->keys, ncap * sizeof(*nk));
+            if (!nk) {
+                rc = KV_ENOMEM;
+                break;
+            }
+            pg->keys = nk;
+            cap = ncap;
+        }
+        kv_client_list_key *k = &pg->keys[pg->nkeys];
+        memset(k, 0, sizeof(*k));
+        rc = parse_key(o, oend, enc, enc_cap, k);
+        if (rc != KV_OK)
+            break;
+        pg->nkeys++;
+        p = skip_ws(oend, arrend);
+        if (p < arrend && *p == ',') {
+            p = skip_ws(p + 1, arrend);
+            if (p < arrend && *p == ']')
+                rc = KV_EPROTO; /* a trailing comma */
+        } else if (p < arrend && *p != ']') {
+            rc = KV_EPROTO;
+        }
+    }
+    if (rc == KV_OK && (p >= arrend || *p != ']'))
+        rc = KV_EPROTO;
+
+    const char *cv, *cvend;
+    if (rc == KV_OK && find_member(json, end, "next_cursor", &cv, &cvend) &&
+        !((size_t)(cvend - cv) == 4 && memcmp(cv, "null", 4) == 0)) {
+        if (*cv != '"' || !kvc_json_str_field(json, len, "next_cursor", enc, LIST_CURSOR_MAX + 2))
+            rc = KV_EPROTO;
+        else if (enc[0] == '\0' || strlen(enc) > LIST_CURSOR_MAX || !url_safe(enc))
+            rc = KV_EPROTO;
+        else if (!(pg->next_cursor = strdup(enc)))
+            rc = KV_ENOMEM;
+    }
+    if (rc == KV_OK) {
+        pg->json = malloc(len + 1);
+        if (!pg->json) {
+            rc = KV_ENOMEM;
+        } else {
+            memcpy(pg->json, json, len);
+            pg->json[len] = '\0';
+            pg->json_len = len;
+        }
+    }
+    free(enc);
+    if (rc != KV_OK) {
+        kv_client_list_page_free(pg);
+        return rc;
+    }
+    *out = pg;
+    return KV_OK;
+}
