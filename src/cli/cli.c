@@ -1,19 +1,21 @@
 /*
  * cli.c — the client commands shared by `kvtool` and `kvstore client` (see cli.h): get,
- * put, delete, health and members over the C client library. Main thread; blocking.
+ * put, delete, health, members and list over the C client library. Main thread; blocking.
  *
  * Output contract (scripts rely on it, keep it stable):
  * - get writes the value's raw bytes to stdout and adds a newline only when stdout is a
  *   terminal, so `kvtool get KEY > FILE` is byte-exact.
  * - --json prints exactly one JSON object and a newline on stdout, for errors too
  *   ({"error":{"code","status","detail"}}); bytes that are not UTF-8 are base64 with an
- *   "encoding" (value) or "key_encoding" (key) member saying so.
+ *   "encoding" (value) or "key_encoding" (key) member saying so. `list --all` prints one
+ *   object per page, each on its own line (then the error object, if a page failed).
  * - Every failure also prints one line on stderr: "<prog>: <cmd> <key>: <reason>".
  * - Exit codes are the KV_EXIT_* values of cli.h.
  */
 #include "cli/cli.h"
 
 #include "cli/encode.h"
+#include "cli/list.h"
 #include "cli/members.h"
 #include "client/json.h"
 #include "kvstore/client.h"
@@ -32,6 +34,7 @@ enum {
     CLI_F_JSON = 1 << 0,
     CLI_F_TTL = 1 << 1,
     CLI_F_FILE = 1 << 2,
+    CLI_F_LIST = 1 << 3, /* --limit, --cursor, --all */
 };
 
 typedef struct cli_args {
@@ -39,6 +42,9 @@ typedef struct cli_args {
     bool help;
     uint64_t ttl_s;
     const char *file;
+    uint32_t limit;     /* list: 0 = the server's default */
+    const char *cursor; /* list */
+    bool all;           /* list */
     const char *pos[2];
     int npos;
 } cli_args;
@@ -66,6 +72,7 @@ static int cmd_put(cli_ctx *x);
 static int cmd_delete(cli_ctx *x);
 static int cmd_health(cli_ctx *x);
 static int cmd_members(cli_ctx *x);
+static int cmd_list(cli_ctx *x);
 
 static const cli_cmd cli_cmds[] = {
     {"get", "KEY", "print the value stored under KEY",
@@ -94,6 +101,16 @@ static const cli_cmd cli_cmds[] = {
      "{\"node_id\":..,\"members\":[{\"name\":..,\"state\":..},..]}\n"
      "(see GET /v1/cluster/members in api/openapi.yaml).\n",
      CLI_F_JSON, 0, 0, cmd_members},
+    {"list", "[PREFIX]", "list the keys that start with PREFIX (all keys without one)",
+     "One key per line, its bytes as stored (control bytes, backslashes and bytes that\n"
+     "are not UTF-8 printed as \\xNN). Keys come in the cluster's listing order (by ring\n"
+     "hash, not alphabetical), each once; deleted and expired keys are not listed.\n"
+     "One page (--limit keys, default 100) unless --all, which follows the pages to the\n"
+     "end; --cursor C continues after a page (C is the page's next_cursor).\n"
+     "With --json: each page as the server sends it, one per line:\n"
+     "{\"keys\":[{\"key\":<percent-encoded>,\"version\":..},..],\"next_cursor\":..|null}\n"
+     "(see GET /v1/kv in api/openapi.yaml).\n",
+     CLI_F_JSON | CLI_F_LIST, 0, 1, cmd_list},
 };
 
 #define CLI_NCMDS (sizeof(cli_cmds) / sizeof(cli_cmds[0]))
@@ -137,6 +154,9 @@ void kv_cli_usage(FILE *out, const char *prog)
             "  --json                 machine-readable output on stdout (errors too)\n"
             "  --ttl SECONDS          put: the key expires after SECONDS\n"
             "  -f, --file FILE        put: read the value from FILE ('-' for stdin)\n"
+            "  --limit N              list: keys per page, 1..1000 (default 100)\n"
+            "  --all                  list: follow the pages until the listing ends\n"
+            "  --cursor C             list: continue after the page whose next_cursor is C\n"
             "  -h, --help             help for a command: %s <command> --help\n"
             "  --                     end of flags (for keys that start with '-')\n"
             "\noutput: get writes the raw value bytes, plus a newline only when stdout is "
@@ -161,6 +181,10 @@ static void usage_cmd(FILE *out, const char *prog, const cli_cmd *cmd)
         fprintf(out, "  --ttl SECONDS          the key expires after SECONDS (positive integer)\n");
     if (cmd->flags & CLI_F_FILE)
         fprintf(out, "  -f, --file FILE        read the value from FILE ('-' for stdin)\n");
+    if (cmd->flags & CLI_F_LIST)
+        fprintf(out, "  --limit N              keys per page, 1..1000 (default 100)\n"
+                     "  --all                  follow the pages until the listing ends\n"
+                     "  --cursor C             continue after the page whose next_cursor is C\n");
     fprintf(out, "  -h, --help             show this help\n"
                  "  --                     end of flags\n");
     usage_config(out);
@@ -244,6 +268,26 @@ static int parse_args(cli_ctx *x, int argc, char **argv)
                        (nlen == 6 && strncmp(arg, "--file", 6) == 0);
         if (strcmp(arg, "--json") == 0 && (cmd->flags & CLI_F_JSON)) {
             a->json = true;
+            continue;
+        }
+        bool is_limit = nlen == 7 && strncmp(arg, "--limit", 7) == 0;
+        bool is_cursor = nlen == 8 && strncmp(arg, "--cursor", 8) == 0;
+        if (strcmp(arg, "--all") == 0 && (cmd->flags & CLI_F_LIST)) {
+            a->all = true;
+            continue;
+        }
+        if ((is_limit || is_cursor) && (cmd->flags & CLI_F_LIST)) {
+            const char *val = eq ? eq + 1 : NULL;
+            if (!val) {
+                if (i + 1 >= argc)
+                    return usage_error(x->prog, cmd, "flag %s needs a value", arg);
+                val = argv[++i];
+            }
+            if (is_limit && !cli_list_parse_limit(val, &a->limit))
+                return usage_error(x->prog, cmd,
+                                   "--limit needs a whole number from 1 to 1000, not '%s'", val);
+            if (is_cursor)
+                a->cursor = val;
             continue;
         }
         if ((is_ttl && (cmd->flags & CLI_F_TTL)) || (is_file && (cmd->flags & CLI_F_FILE))) {
@@ -615,6 +659,26 @@ static int cmd_members(cli_ctx *x)
         return fail(x, NULL, KV_EPROTO, "the server's member list is not in the expected format");
     }
     free(body);
+    return finish(x, NULL);
+}
+
+static int cmd_list(cli_ctx *x)
+{
+    const char *prefix = x->a.npos > 0 ? x->a.pos[0] : "";
+    cli_list_opts o = {
+        .prefix = prefix,
+        .plen = strlen(prefix),
+        .limit = x->a.limit,
+        .cursor = x->a.cursor,
+        .all = x->a.all,
+        .json = x->a.json,
+    };
+    char msg[200] = "";
+    /* "more keys follow" is for people; scripts read next_cursor from --json */
+    FILE *hint = !x->a.json && isatty(STDERR_FILENO) ? stderr : NULL;
+    int rc = cli_list_run(x->client, &o, stdout, hint, msg, sizeof(msg));
+    if (rc != KV_OK)
+        return fail(x, x->a.npos > 0 ? prefix : NULL, rc, msg[0] ? msg : NULL);
     return finish(x, NULL);
 }
 
