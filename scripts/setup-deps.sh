@@ -2,8 +2,9 @@
 # setup-deps.sh — install the Debian packages kvstore needs, and only those not installed yet.
 #
 #   ./scripts/setup-deps.sh            build and run: compiler, cmake, the libraries, curl
-#   ./scripts/setup-deps.sh --test     also Node.js and npm (for the OpenAPI linter), and clang
-#                                      with its libFuzzer runtime (for the fuzz tests)
+#   ./scripts/setup-deps.sh --test     also Node.js and npm (for the OpenAPI linter), clang
+#                                      with its libFuzzer runtime (for the fuzz tests), and
+#                                      faketime (cluster tests with skewed clocks)
 #
 # Runs `apt-get update` only when a package is missing and apt does not know it yet (or
 # the install fails on stale lists). Non-interactive: safe without a terminal (CI). Needs
@@ -13,15 +14,16 @@ set -euo pipefail
 # Why each one is needed is in the README ("Dependencies").
 PKGS=(build-essential cmake pkg-config libuv1-dev libnng-dev liblz4-dev libcbor-dev
     libcriterion-dev libhttp-parser-dev libyaml-dev curl)
-# Only for the tests: the fuzz targets (tests/fuzz) are built with clang -fsanitize=fuzzer.
-TEST_PKGS=(clang libclang-rt-14-dev)
+# Only for the tests: the fuzz targets (tests/fuzz) are built with clang -fsanitize=fuzzer;
+# cluster tests run nodes under faketime for clock skew.
+TEST_PKGS=(clang libclang-rt-14-dev faketime)
 
 with_node=0
 for arg in "$@"; do
     case "$arg" in
     --test) with_node=1 ;;
     -h | --help)
-        sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
