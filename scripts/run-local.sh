@@ -1,148 +1,148 @@
 #!/usr/bin/env bash
-# run-local.sh — build kvstore and run one node in the background on this machine.
+# run-local.sh — build kvstore and run a 3-node cluster in the background on this machine.
 #
 #   ./scripts/run-local.sh [start]   install missing Debian packages, build (Release, into
-#                                    build/), start a node on 127.0.0.1:8080, wait for it
-#   ./scripts/run-local.sh stop      stop the node started here (by its pid file)
-#   ./scripts/run-local.sh status    say whether it runs
+#                                    build/), start nodes node8080, node8081, node8082
+#                                    (HTTP 8080-8082, peers 18080-18082) on 127.0.0.1 and
+#                                    wait until they answer and see each other alive
+#   ./scripts/run-local.sh stop      stop every node under .cluster/ (data is kept)
+#   ./scripts/run-local.sh status    list them; exit 1 if none runs
 #
-# The node's data is in .cluster/node1, its log in .cluster/node1.log, its pid in
-# .cluster/node1.pid (all under the repository root). KV_HOST and KV_PORT change the
-# listen address (default 127.0.0.1 and 8080).
+# The nodes are started by scripts/manage-nodes.sh (local backend): node N keeps its data,
+# log (node.log) and pid file in .cluster/nodeN/ under the repository root. KV_HOST and
+# KV_PORT change the listen address and the first HTTP port (default 127.0.0.1 and 8080);
+# KV_BUILD_DIR the build directory (default build/).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd)
 HOST=${KV_HOST:-127.0.0.1}
 PORT=${KV_PORT:-8080}
-NAME=node1
+NODES=3
 STATE_DIR=$ROOT/.cluster
-DATA_DIR=$STATE_DIR/$NAME
-LOG=$STATE_DIR/$NAME.log
-PIDFILE=$STATE_DIR/$NAME.pid
-BUILD_DIR=$ROOT/build
-START_TIMEOUT=30 # seconds to wait for /healthz
-STOP_TIMEOUT=20  # seconds to wait for a clean shutdown before SIGKILL
+BUILD_DIR=${KV_BUILD_DIR:-$ROOT/build}
+[[ $BUILD_DIR == /* ]] || BUILD_DIR=$ROOT/$BUILD_DIR
+REL_BUILD=${BUILD_DIR#"$ROOT"/}
+KVTOOL=$BUILD_DIR/kvtool
+[[ $REL_BUILD == /* ]] || KVTOOL=./$REL_BUILD/kvtool
+MANAGE=("$ROOT/scripts/manage-nodes.sh" --data-root "$STATE_DIR" --bin "$BUILD_DIR/kvstore")
 
-# The pid in the pid file, if that process is still a kvstore (pids get reused).
-running_pid() {
-    [[ -f $PIDFILE ]] || return 1
-    local pid
-    pid=$(tr -dc '0-9' <"$PIDFILE")
-    [[ -n $pid ]] || return 1
-    kill -0 "$pid" 2>/dev/null || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'kvstore servenode' || return 1
-    echo "$pid"
+if ! [[ $PORT =~ ^[0-9]{1,5}$ ]] || ((10#$PORT < 1 || 10#$PORT + NODES - 1 > 55535)); then
+    echo "run-local: KV_PORT must be a port number from 1 to $((55535 - NODES + 1))" >&2
+    exit 2
+fi
+PORT=$((10#$PORT))
+
+reach_host() { if [[ $HOST == 0.0.0.0 ]]; then echo 127.0.0.1; else echo "$HOST"; fi; }
+
+# Names of this cluster's nodes that run now (manage-nodes.sh list: STATE is the last column).
+running_names() {
+    "${MANAGE[@]}" list 2>/dev/null | awk 'NR > 1 && $NF == "running" { print $1 }'
+}
+
+# The single node that run-local.sh started before it ran a cluster (.cluster/node1.pid):
+# stop it if it still runs, so that it does not hold port 8080.
+stop_legacy_node() {
+    local pidfile=$STATE_DIR/node1.pid pid deadline
+    [[ -f $pidfile ]] || return 0
+    pid=$(tr -dc '0-9' <"$pidfile")
+    if [[ -n $pid ]] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null |
+        grep -q "kvstore servenode .*--data-dir $STATE_DIR/node1 "; then
+        echo "run-local: stopping node1 (pid $pid), the single node of an older run-local.sh"
+        kill -TERM "$pid" 2>/dev/null || true
+        deadline=$((SECONDS + 20))
+        while [[ -d /proc/$pid && $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]]; do
+            if ((SECONDS >= deadline)); then
+                kill -KILL "$pid" 2>/dev/null || true
+                break
+            fi
+            sleep 0.2
+        done
+    fi
+    rm -f "$pidfile"
 }
 
 print_usage_hints() {
-    local url="http://$HOST:$PORT"
+    local h i urls=()
+    h=$(reach_host)
+    for ((i = 0; i < NODES; i++)); do urls+=("http://$h:$((PORT + i))"); done
     cat <<HINTS
 
-kvstore node '$NAME' is running (pid $1) at $url
-  data: ${DATA_DIR#"$ROOT"/}   log: ${LOG#"$ROOT"/}
+A $NODES-node kvstore cluster is running: ${urls[*]}
+(any node answers any request; each keeps its data, node.log and pid in .cluster/node<PORT>/)
 
 Try it:
-  ./build/kvtool put greeting hello
-  ./build/kvtool get greeting
-  curl -X PUT --data-binary hello $url/v1/kv/greeting
-  curl $url/v1/kv/greeting
-  curl $url/metrics
+  export DIST_KV__CLIENT__SERVER_URL=${urls[0]}
+  $KVTOOL put greeting hello
+  $KVTOOL --server ${urls[1]} get greeting
+  $KVTOOL members     # the cluster as one node sees it
+  curl -X PUT --data-binary hello ${urls[2]}/v1/kv/greeting
+  curl ${urls[0]}/v1/cluster/members
+  curl ${urls[0]}/metrics
 
-Stop it:
+More nodes, one node, the table:
+  ./scripts/manage-nodes.sh add --count 2 --port-start $((PORT + NODES))
+  ./scripts/manage-nodes.sh remove --name node$((PORT + 1))
+  ./scripts/run-local.sh status               # or: ./scripts/manage-nodes.sh list
+
+Stop them all:
   ./scripts/run-local.sh stop
 HINTS
-    if [[ $url != "http://127.0.0.1:8080" ]]; then
-        echo "(kvtool talks to http://127.0.0.1:8080 by default: add --server $url)"
-    fi
 }
 
 cmd_start() {
-    local pid
-    if pid=$(running_pid); then
+    local running=() missing=() i name
+    mapfile -t running < <(running_names)
+    for ((i = 0; i < NODES; i++)); do
+        name=node$((PORT + i))
+        [[ " ${running[*]} " == *" $name "* ]] || missing+=("$((PORT + i))")
+    done
+    if [[ ${#missing[@]} -eq 0 ]]; then
         echo "run-local: already running"
-        print_usage_hints "$pid"
+        print_usage_hints
         return 0
     fi
 
     "$ROOT/scripts/setup-deps.sh"
 
-    echo "run-local: building (Release) in ${BUILD_DIR#"$ROOT"/}/"
+    echo "run-local: building (Release) in $REL_BUILD/"
     cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DKV_SANITIZE=OFF >/dev/null
     cmake --build "$BUILD_DIR" -j"$(nproc)" --target kvstore kvtool
 
-    mkdir -p "$DATA_DIR"
-    echo "run-local: starting $NAME on $HOST:$PORT"
-    # Flags beat DIST_KV__* variables, so a stray variable in the caller's environment
-    # cannot move the node elsewhere. nohup: the node outlives this shell.
-    nohup "$BUILD_DIR/kvstore" servenode --host "$HOST" --port "$PORT" \
-        --data-dir "$DATA_DIR" --name "$NAME" >>"$LOG" 2>&1 </dev/null &
-    pid=$!
-    echo "$pid" >"$PIDFILE"
-
-    local deadline=$((SECONDS + START_TIMEOUT))
-    until curl -fsS --max-time 2 -o /dev/null "http://$HOST:$PORT/healthz" 2>/dev/null; do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            rm -f "$PIDFILE"
-            echo "run-local: the node exited during start; last lines of ${LOG#"$ROOT"/}:" >&2
-            tail -n 30 "$LOG" >&2
-            return 1
-        fi
-        if ((SECONDS >= deadline)); then
-            echo "run-local: no answer on /healthz after ${START_TIMEOUT}s; stopping it." >&2
-            tail -n 30 "$LOG" >&2
-            cmd_stop >&2 || true
-            return 1
-        fi
-        sleep 0.2
-    done
-    # Something answered: make sure it is our node and not another process on the port.
-    if ! kill -0 "$pid" 2>/dev/null; then
-        rm -f "$PIDFILE"
-        echo "run-local: the node exited (is another server on $HOST:$PORT?); last lines of ${LOG#"$ROOT"/}:" >&2
-        tail -n 30 "$LOG" >&2
-        return 1
+    stop_legacy_node
+    if [[ ${#missing[@]} -eq $NODES ]]; then
+        echo "run-local: starting $NODES nodes on $HOST, HTTP ports $PORT-$((PORT + NODES - 1))"
+        "${MANAGE[@]}" add --count "$NODES" --port-start "$PORT" --host "$HOST"
+    else
+        # Some run already: start the others one by one; each joins the running ones.
+        local p
+        for p in "${missing[@]}"; do
+            echo "run-local: starting node$p"
+            "${MANAGE[@]}" add --count 1 --port-start "$p" --host "$HOST"
+        done
     fi
-    print_usage_hints "$pid"
+    print_usage_hints
 }
 
 cmd_stop() {
-    local pid
-    if ! pid=$(running_pid); then
-        echo "run-local: not running"
-        rm -f "$PIDFILE"
-        return 0
-    fi
-    echo "run-local: stopping $NAME (pid $pid)"
-    kill -TERM "$pid"
-    local deadline=$((SECONDS + STOP_TIMEOUT))
-    while kill -0 "$pid" 2>/dev/null; do
-        if ((SECONDS >= deadline)); then
-            echo "run-local: no clean exit after ${STOP_TIMEOUT}s; sending SIGKILL" >&2
-            kill -KILL "$pid" 2>/dev/null || true
-            break
-        fi
-        sleep 0.2
-    done
-    rm -f "$PIDFILE"
-    echo "run-local: stopped"
+    stop_legacy_node
+    "${MANAGE[@]}" remove --all
+    echo "run-local: stopped (data kept in .cluster/)"
 }
 
 cmd_status() {
-    local pid
-    if pid=$(running_pid); then
-        echo "run-local: $NAME running (pid $pid) on $HOST:$PORT"
-    else
+    "${MANAGE[@]}" list
+    [[ -n $(running_names) ]] || {
         echo "run-local: not running"
         return 1
-    fi
+    }
 }
 
 case "${1:-start}" in
 start) cmd_start ;;
 stop) cmd_stop ;;
 status) cmd_status ;;
--h | --help | help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' ;;
+-h | --help | help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' ;;
 *)
     echo "usage: $0 [start|stop|status]" >&2
     exit 2
