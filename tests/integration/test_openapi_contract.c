@@ -813,6 +813,12 @@ static const contract_case k_cases[] = {
     {"getMetrics", "metrics", "GET", "/metrics", NULL, NULL, 200, NULL, NULL},
     {"getClusterMembers", "cluster members (a node alone)", "GET", "/v1/cluster/members", NULL,
      NULL, 200, NULL, NULL},
+    {"listKeys", "list keys with a prefix", "GET", "/v1/kv?prefix=user%2F&limit=10", NULL, NULL,
+     200, NULL, NULL},
+    {"listKeys", "list with limit=0", "GET", "/v1/kv?limit=0", NULL, NULL, 400, "invalid_query",
+     NULL},
+    {"listKeys", "list with a cursor no page gave", "GET", "/v1/kv?cursor=nope", NULL, NULL, 400,
+     "invalid_query", NULL},
 };
 #define NCASES (sizeof k_cases / sizeof k_cases[0])
 
@@ -1010,7 +1016,7 @@ Test(openapi_contract, unknown_routes_and_garbage, .init = node_up, .fini = node
     cr_assert_not_null(unknown, "info.x-unknown-route is not documented");
 
     static const char *const targets[][2] = {
-        {"GET", "/nope"}, {"GET", "/v1/kv"}, {"POST", "/v1/nope"}, {"GET", "/v2/kv/a"}};
+        {"GET", "/nope"}, {"GET", "/v1/kvs"}, {"POST", "/v1/nope"}, {"GET", "/v2/kv/a"}};
     for (size_t i = 0; i < sizeof targets / sizeof targets[0]; i++) {
         char what[128];
         snprintf(what, sizeof what, "%s %s (unknown route)", targets[i][0], targets[i][1]);
