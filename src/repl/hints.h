@@ -89,6 +89,7 @@ typedef struct kv_hints_stats {
     uint64_t sent;          /* delivery WRITEs sent (retries included) */
     uint64_t write_errors;  /* hint writes the disk refused */
     uint64_t targets;       /* members with hints held */
+    uint64_t corrupt;       /* stored hints that did not parse: skipped, logged, removed */
 } kv_hints_stats;
 void kv_hints_get_stats(kv_hints *h, kv_hints_stats *out);
 
