@@ -18,6 +18,7 @@
 #ifndef KV_RING_RING_H
 #define KV_RING_RING_H
 
+#include "common/buf.h"
 #include "swim/swim.h"
 
 #include <stdbool.h>
@@ -68,6 +69,13 @@ size_t kv_ring_walk(const kv_ring *r, uint64_t hash, size_t want, uint32_t *out)
 double kv_ring_share(const kv_ring *r, size_t i, size_t n);
 
 /*
+ * kv_ring_share for every member at once, in one pass over the ranges (kv_ring_share
+ * costs a pass per member): out[i] for i < member count (the caller's array). n >= 1.
+ * KV_OK, KV_EINVAL (n == 0), KV_ENOMEM.
+ */
+int kv_ring_shares(const kv_ring *r, size_t n, double *out);
+
+/*
  * The ring's ranges in token order: range k is [lo, hi) with hi = the k-th smallest
  * token and lo = the previous one (wrapping for k = 0). Ranges of length 0 (colliding
  * tokens) are included. Count is members * tokens (0 for an empty ring).
@@ -95,5 +103,17 @@ typedef struct kv_ring_move {
  */
 int kv_ring_diff(const kv_ring *old_ring, const kv_ring *new_ring, size_t n, kv_ring_move **out,
                  size_t *count);
+
+/*
+ * Append the ring as the JSON object GET /v1/cluster/ring returns (api/openapi.yaml):
+ * {"node_id":"<self, 32 hex>","replicas":n,"tokens_per_member":T,"members":[{"id":..,
+ * "name":..,"address":..,"tokens":T,"primary_share":..,"replica_share":..,"self":..},..]}
+ * with members sorted by name (then id), primary_share = kv_ring_share(.., 1) and
+ * replica_share = kv_ring_share(.., n), as fractions with six decimals. Names and
+ * addresses are escaped (bytes that are not UTF-8 become U+FFFD). self is the answering
+ * node's id (it need not be a member). KV_OK, KV_EINVAL (n == 0, self NULL), KV_ENOMEM
+ * (out may then hold part of the object).
+ */
+int kv_ring_json(const kv_ring *r, size_t n, const swim_member_id *self, kv_buf *out);
 
 #endif
