@@ -67,7 +67,9 @@ int kv_hints_open(kv_hints **out, uv_loop_t *loop, const kv_hints_opts *opts,
  * Keep `write` (a WRITE message: key, ver, flags, expiry_ms, value; req_id and hint_for
  * ignored) for member `target`. KV_OK: accepted (durable per the sync mode; a later disk
  * failure is logged and counted); KV_EUNAVAIL: over a bound — not kept, counted in
- * dropped; KV_ETOOBIG / KV_EINVAL for a write that cannot be a hint; KV_ECLOSED.
+ * dropped_full (or the disk refused it at once: counted in write_errors); KV_ETOOBIG /
+ * KV_EINVAL for a write that cannot be a hint (also a version more than a day ahead);
+ * KV_ECLOSED.
  */
 int kv_hints_add(kv_hints *h, const swim_member_id *target, const kv_repl_msg *write);
 
