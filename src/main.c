@@ -23,8 +23,8 @@ static const char *const cmd_help[][2] = {
     {"servenode", "run a node until SIGINT or SIGTERM"},
     {"config", "print the effective configuration and where each value came from"},
     {"version", "print the version"},
-    {"client",
-     "client commands: get, put, delete, list, health, members (see `kvstore client --help`)"},
+    {"client", "client commands: get, put, delete, list, health, members, ring "
+               "(see `kvstore client --help`)"},
     {"help", "show this help, or `kvstore help COMMAND` for one command"},
 };
 

@@ -1,6 +1,6 @@
 /*
  * cli.c — the client commands shared by `kvtool` and `kvstore client` (see cli.h): get,
- * put, delete, health, members and list over the C client library. Main thread; blocking.
+ * put, delete, health, members, list and ring over the C client library. Main thread; blocking.
  *
  * Output contract (scripts rely on it, keep it stable):
  * - get writes the value's raw bytes to stdout and adds a newline only when stdout is a
@@ -17,6 +17,7 @@
 #include "cli/encode.h"
 #include "cli/list.h"
 #include "cli/members.h"
+#include "cli/ring.h"
 #include "client/json.h"
 #include "kvstore/client.h"
 
@@ -73,6 +74,7 @@ static int cmd_delete(cli_ctx *x);
 static int cmd_health(cli_ctx *x);
 static int cmd_members(cli_ctx *x);
 static int cmd_list(cli_ctx *x);
+static int cmd_ring(cli_ctx *x);
 
 static const cli_cmd cli_cmds[] = {
     {"get", "KEY", "print the value stored under KEY",
@@ -111,6 +113,14 @@ static const cli_cmd cli_cmds[] = {
      "{\"keys\":[{\"key\":<percent-encoded>,\"version\":..},..],\"next_cursor\":..|null}\n"
      "(see GET /v1/kv in api/openapi.yaml).\n",
      CLI_F_JSON | CLI_F_LIST, 0, 1, cmd_list},
+    {"ring", "", "show each member's share of the key space on the hash ring",
+     "A table: NAME, ADDRESS, PRIMARY (the share of keys the member is first in the\n"
+     "preference list for), REPLICA (the share it holds a copy of, with N replicas),\n"
+     "both in percent, and TOKENS (its points on the ring); '*' marks the server itself.\n"
+     "With --json: the server's JSON, {\"node_id\":..,\"replicas\":N,\"members\":\n"
+     "[{\"name\":..,\"primary_share\":..,\"replica_share\":..},..]}\n"
+     "(see GET /v1/cluster/ring in api/openapi.yaml).\n",
+     CLI_F_JSON, 0, 0, cmd_ring},
 };
 
 #define CLI_NCMDS (sizeof(cli_cmds) / sizeof(cli_cmds[0]))
@@ -657,6 +667,29 @@ static int cmd_members(cli_ctx *x)
     } else if (cli_members_print_table(body, blen, stdout) != 0) {
         free(body);
         return fail(x, NULL, KV_EPROTO, "the server's member list is not in the expected format");
+    }
+    free(body);
+    return finish(x, NULL);
+}
+
+static int cmd_ring(cli_ctx *x)
+{
+    int status = 0;
+    char *body = NULL;
+    size_t blen = 0;
+    int rc = kv_client_raw_get(x->client, CLI_RING_PATH, &status, &body, &blen);
+    if (rc != KV_OK)
+        return fail(x, NULL, rc, NULL);
+    if (status != 200) {
+        free(body);
+        return fail(x, NULL, status == 503 ? KV_EUNAVAIL : KV_ESERVER, NULL);
+    }
+    if (x->a.json) {
+        fwrite(body, 1, blen, stdout); /* already one JSON object */
+        fputc('\n', stdout);
+    } else if (cli_ring_print_table(body, blen, stdout) != 0) {
+        free(body);
+        return fail(x, NULL, KV_EPROTO, "the server's ring is not in the expected format");
     }
     free(body);
     return finish(x, NULL);

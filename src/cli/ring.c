@@ -1,0 +1,172 @@
+/*
+ * ring.c — the `kvtool ring` table (see ring.h). Pure; any thread.
+ *
+ * The body is read whole before anything is printed: a member with a missing field or a
+ * share that is not a number in [0, 1] makes the body "not understood" rather than a
+ * half-printed table.
+ */
+#include "cli/ring.h"
+
+#include "cli/jscan.h"
+#include "client/json.h"
+
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define RING_ROWS_MAX 65536
+
+typedef struct ring_row {
+    char name[256]; /* 64 bytes of name, room for escapes decoded to U+FFFD */
+    char address[256];
+    double primary, replica;
+    unsigned long tokens;
+    bool self;
+} ring_row;
+
+/* A number member in [lo, hi]. */
+static bool number_field(const char *obj, const char *end, const char *name, double lo, double hi,
+                         double *out)
+{
+    char text[40], *stop;
+    if (!cli_jscan_literal(obj, end, name, text, sizeof(text)))
+        return false;
+    double v = strtod(text, &stop);
+    if (*stop != '\0' || stop == text || !(v >= lo && v <= hi))
+        return false;
+    *out = v;
+    return true;
+}
+
+/* Control bytes would break the table (or the terminal): show them as '?'. */
+static void sanitize(char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+            *s = '?';
+}
+
+/* Display width of UTF-8 text: one column per character (good enough for names). */
+static int width(const char *s)
+{
+    int w = 0;
+    for (; *s; s++)
+        if (((unsigned char)*s & 0xc0) != 0x80)
+            w++;
+    return w;
+}
+
+static void pad(FILE *out, const char *s, int w, bool right)
+{
+    int n = width(s);
+    if (!right)
+        fputs(s, out);
+    for (int i = n; i < w; i++)
+        fputc(' ', out);
+    if (right)
+        fputs(s, out);
+}
+
+static bool parse_row(const char *obj, const char *end, ring_row *r)
+{
+    size_t ol = (size_t)(end - obj);
+    char self[8];
+    double tokens;
+    if (!kvc_json_str_field(obj, ol, "name", r->name, sizeof(r->name)) ||
+        !kvc_json_str_field(obj, ol, "address", r->address, sizeof(r->address)) ||
+        !number_field(obj, end, "primary_share", 0, 1, &r->primary) ||
+        !number_field(obj, end, "replica_share", 0, 1, &r->replica) ||
+        !number_field(obj, end, "tokens", 0, 1e9, &tokens) ||
+        !cli_jscan_literal(obj, end, "self", self, sizeof(self)))
+        return false;
+    r->tokens = (unsigned long)tokens;
+    r->self = strcmp(self, "true") == 0;
+    sanitize(r->name);
+    sanitize(r->address);
+    return true;
+}
+
+static int parse_rows(const char *body, size_t len, ring_row **rows_out, size_t *nrows,
+                      double *replicas)
+{
+    const char *end = body + len, *arr, *arrend, *obj, *oend;
+    if (!number_field(body, end, "replicas", 1, 1e6, replicas) ||
+        !cli_jscan_member(body, end, "members", &arr, &arrend) || *arr != '[')
+        return -1;
+    size_t cap = 16, n = 0;
+    ring_row *rows = malloc(cap * sizeof(*rows));
+    if (!rows)
+        return -1;
+    const char *it = arr;
+    int more;
+    while ((more = cli_jscan_next(&it, arrend, &obj, &oend)) == 1) {
+        if (*obj != '{' || n == RING_ROWS_MAX)
+            goto bad;
+        if (n == cap) {
+            ring_row *grown = realloc(rows, 2 * cap * sizeof(*rows));
+            if (!grown)
+                goto bad;
+            rows = grown;
+            cap *= 2;
+        }
+        memset(&rows[n], 0, sizeof(rows[n]));
+        if (!parse_row(obj, oend, &rows[n]))
+            goto bad;
+        n++;
+    }
+    if (more != 0)
+        goto bad;
+    *rows_out = rows;
+    *nrows = n;
+    return 0;
+bad:
+    free(rows);
+    return -1;
+}
+
+int cli_ring_print_table(const char *body, size_t len, FILE *out)
+{
+    ring_row *rows;
+    size_t n;
+    double replicas;
+    if (parse_rows(body, len, &rows, &n, &replicas) != 0)
+        return -1;
+    enum { NCOL = 5 };
+    static const char *const head[NCOL] = {"NAME", "ADDRESS", "PRIMARY", "REPLICA", "TOKENS"};
+    char(*cells)[NCOL][280] = calloc(n ? n : 1, sizeof(*cells));
+    if (!cells) {
+        free(rows);
+        return -1;
+    }
+    int w[NCOL];
+    for (int c = 0; c < NCOL; c++)
+        w[c] = (int)strlen(head[c]);
+    for (size_t i = 0; i < n; i++) {
+        const ring_row *r = &rows[i];
+        snprintf(cells[i][0], sizeof(cells[i][0]), "%s%s", r->name, r->self ? " *" : "");
+        snprintf(cells[i][1], sizeof(cells[i][1]), "%s", r->address);
+        snprintf(cells[i][2], sizeof(cells[i][2]), "%.1f%%", 100.0 * r->primary);
+        snprintf(cells[i][3], sizeof(cells[i][3]), "%.1f%%", 100.0 * r->replica);
+        snprintf(cells[i][4], sizeof(cells[i][4]), "%lu", r->tokens);
+        for (int c = 0; c < NCOL; c++)
+            if (width(cells[i][c]) > w[c])
+                w[c] = width(cells[i][c]);
+    }
+    /* Text columns left-aligned, numbers right-aligned under their heading. */
+    for (int c = 0; c < NCOL; c++) {
+        pad(out, head[c], w[c], c >= 2);
+        fputs(c + 1 < NCOL ? "  " : "\n", out);
+    }
+    for (size_t i = 0; i < n; i++)
+        for (int c = 0; c < NCOL; c++) {
+            pad(out, cells[i][c], w[c], c >= 2);
+            fputs(c + 1 < NCOL ? "  " : "\n", out);
+        }
+    fprintf(out,
+            "\n%zu members, N = %.0f replicas; * = the node that answered\n"
+            "PRIMARY: share of the keys a node is first for; REPLICA: share it holds a copy of\n",
+            n, replicas);
+    free(cells);
+    free(rows);
+    return 0;
+}
