@@ -11,7 +11,8 @@
  * so an ack finds its request in O(1), and an ack for a closed request (the slot's
  * generation moved on) or for an earlier write round is recognised and ignored. The top
  * two bits are always zero (KV_REPL_REQ_MASK: the coordinator's id space). req_id 0 is
- * never used by an open request: repair WRITEs carry it, so their acks are ignored.
+ * never used by an open request: repair WRITEs carry it, so their acks are dropped
+ * (silently: they are expected, unlike the unknown or late acks counted in acks_ignored).
  *
  * Per request, each target has a state for the current round: not in the request
  * (OUT: a dead primary, an unused fallback), PENDING (sent, no answer yet), ACKED (counts
@@ -818,6 +819,8 @@ void kv_coord_on_ack(kv_coord *c, uint64_t now, uint64_t wall_ms, const swim_mem
     (void)now;
     release_popped(c);
     uint64_t id = ack->req_id;
+    if (id == 0)
+        return; /* a read repair's ack: expected, nobody waits for it (not counted) */
     uint64_t gen = id >> (COORD_SLOT_BITS + COORD_ROUND_BITS);
     uint32_t slot = (uint32_t)(id >> COORD_ROUND_BITS) & (COORD_SLOT_MAX - 1);
     uint32_t round = (uint32_t)id & ((1u << COORD_ROUND_BITS) - 1);
