@@ -813,6 +813,8 @@ static const contract_case k_cases[] = {
     {"getMetrics", "metrics", "GET", "/metrics", NULL, NULL, 200, NULL, NULL},
     {"getClusterMembers", "cluster members (a node alone)", "GET", "/v1/cluster/members", NULL,
      NULL, 200, NULL, NULL},
+    {"getClusterRing", "cluster ring (a node alone)", "GET", "/v1/cluster/ring", NULL, NULL, 200,
+     NULL, NULL},
     {"listKeys", "list keys with a prefix", "GET", "/v1/kv?prefix=user%2F&limit=10", NULL, NULL,
      200, NULL, NULL},
     {"listKeys", "list with limit=0", "GET", "/v1/kv?limit=0", NULL, NULL, 400, "invalid_query",
