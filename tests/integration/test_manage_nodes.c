@@ -409,8 +409,18 @@ Test(manage_nodes, add_list_remove_one_then_all)
     n = list_rows(rows, MAX_ROWS);
     cr_assert_eq(n, 3);
     cr_assert_eq(count_state(rows, n, "running"), 0);
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 3; i++) {
         cr_assert(port_free(p + i), "HTTP port %d still taken", p + i);
+        /* A clean SIGTERM exit: the log ends with "stopped" and (sanitizer builds) no
+         * report. */
+        th_node log = {0};
+        snprintf(log.log_path, sizeof log.log_path, "%.200s/%.31s/node.log", g_tmp, names[i]);
+        cr_assert(th_log_sanitizer_clean(&log), "sanitizer report in %s", log.log_path);
+        char *text = th_log_read(&log);
+        bool stopped = strstr(text, "msg=stopped") != NULL;
+        free(text);
+        cr_assert(stopped, "%s did not log a clean stop", names[i]);
+    }
 
     /* remove --all --purge deletes the directories. */
     cr_assert_eq(mn(NULL, NULL, (const char *const[]){"remove", "--all", "--purge", NULL}), 0);
