@@ -392,8 +392,8 @@ int kv_list_scan_step(kv_list_scan *s, kv_store *st, bool *done)
     if (rc != KV_OK)
         return rc;
     if (s->cur.done) {
-        qsort(s->heap, s->n, sizeof(*s->heap), ent_qsort_cmp);
         if (s->n) {
+            qsort(s->heap, s->n, sizeof(*s->heap), ent_qsort_cmp);
             s->items = calloc(s->n, sizeof(*s->items));
             if (!s->items) {
                 s->err = KV_ENOMEM;
