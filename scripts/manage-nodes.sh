@@ -454,6 +454,8 @@ cmd_add() {
     ((p0 + CLUSTER_OFFSET >= 1 && p0 + COUNT - 1 + CLUSTER_OFFSET <= 65535)) ||
         die "peer ports $((p0 + CLUSTER_OFFSET))..$((p0 + COUNT - 1 + CLUSTER_OFFSET)) are" \
             "out of range (HTTP port + --cluster-offset $CLUSTER_OFFSET must be 1..65535)"
+    command -v curl >/dev/null 2>&1 ||
+        die "curl is missing: it checks the nodes' health (scripts/setup-deps.sh installs it)"
     if [[ $BACKEND == docker ]]; then
         docker_check
         docker_image
