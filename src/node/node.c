@@ -22,6 +22,7 @@
 #include "kvstore/error.h"
 #include "node/identity.h"
 #include "node/membership.h"
+#include "node/replication.h"
 #include "store/store.h"
 
 #include <errno.h>
@@ -54,6 +55,7 @@ typedef struct kv_node {
     node_state state;
     kv_node_identity ident; /* NODE_ID and this start's incarnation (DESIGN §6) */
     kv_membership *memb;    /* SWIM over nng (DESIGN §6) */
+    kv_repl *repl;          /* ring, quorum coordinator, hints (DESIGN §7-§9) */
     int shutdown_waits;     /* leave and HTTP drain, both run at once on SIGTERM */
     int lock_fd;
     int exit_status;
@@ -175,35 +177,6 @@ static int percent_decode(const char *src, size_t n, kv_buf *out)
     return KV_OK;
 }
 
-/*
- * Find name=value in a raw query string. Returns true and the raw value (not decoded;
- * the parameters we read are plain integers) if present.
- */
-static bool query_param(const char *q, size_t qlen, const char *name, const char **val,
-                        size_t *vlen)
-{
-    size_t nlen = strlen(name);
-    size_t i = 0;
-    while (i < qlen) {
-        size_t end = i;
-        while (end < qlen && q[end] != '&')
-            end++;
-        if (end - i >= nlen && memcmp(q + i, name, nlen) == 0 &&
-            (end - i == nlen || q[i + nlen] == '=')) {
-            *val = end - i == nlen ? q + end : q + i + nlen + 1;
-            *vlen = end - i == nlen ? 0 : end - i - nlen - 1;
-            return true;
-        }
-        i = end + 1;
-    }
-    return false;
-}
-
-static void format_etag(char *out, size_t cap, const kv_version *v)
-{
-    snprintf(out, cap, "\"%" PRIu64 ".%" PRIu32 "\"", v->ts, v->node);
-}
-
 static const char *method_allow_get = "GET";
 
 static void respond_method_not_allowed(kv_http_req *req, const char *allow)
@@ -219,50 +192,7 @@ static void respond_json(kv_http_req *req, int status, const char *json)
     kv_http_respond(req, status, "application/json", NULL, 0, json, strlen(json));
 }
 
-/* Map a store error to the HTTP answer the API contract names. */
-static void respond_store_error(kv_http_req *req, int err)
-{
-    switch (err) {
-    case KV_ENOTFOUND:
-        kv_http_respond_problem(req, 404, "key_not_found", "no value is stored under this key");
-        break;
-    case KV_ETOOBIG:
-        kv_http_respond_problem(req, 413, "value_too_large", "the value is over limits.max_value");
-        break;
-    case KV_EINVAL:
-        kv_http_respond_problem(req, 400, "invalid_key", "the key is not valid");
-        break;
-    case KV_ENOSPC:
-        kv_http_respond_problem(req, 507, "insufficient_storage",
-                                "the data device is full; the write was not stored");
-        break;
-    case KV_ECLOSED:
-        kv_http_respond_problem(req, 503, "shutting_down", "the node is shutting down");
-        break;
-    case KV_EIO:
-    case KV_ECORRUPT:
-        kv_http_respond_problem(req, 500, "io_error", kv_strerror(err));
-        break;
-    default:
-        kv_http_respond_problem(req, 500, "internal", kv_strerror(err));
-        break;
-    }
-}
-
 /* ---------- routes ---------- */
-
-static void on_write_done(void *arg, int status, const kv_version *ver)
-{
-    kv_http_req *req = arg;
-    if (status != KV_OK) {
-        respond_store_error(req, status);
-        return;
-    }
-    char etag[64];
-    format_etag(etag, sizeof(etag), ver);
-    kv_http_header h[] = {{"ETag", etag}};
-    kv_http_respond(req, 204, NULL, h, 1, NULL, 0);
-}
 
 static void handle_kv(kv_node *n, kv_http_req *req)
 {
@@ -300,50 +230,8 @@ static void handle_kv(kv_node *n, kv_http_req *req)
         goto out;
     }
 
-    if (req->method == HTTP_GET) {
-        kv_buf val = KV_BUF_INIT;
-        kv_version ver;
-        rc = store_get(n->store, key.data, key.len, &val, &ver);
-        if (rc == KV_OK) {
-            char etag[64];
-            format_etag(etag, sizeof(etag), &ver);
-            kv_http_header h[] = {{"ETag", etag}};
-            kv_http_respond(req, 200, "application/octet-stream", h, 1, val.data, val.len);
-        } else {
-            respond_store_error(req, rc);
-        }
-        kv_buf_free(&val);
-    } else if (req->method == HTTP_PUT) {
-        uint64_t expiry = 0;
-        const char *tv;
-        size_t tlen;
-        if (query_param(req->query, req->query_len, "ttl", &tv, &tlen)) {
-            uint64_t ttl = 0;
-            bool ok = tlen > 0 && tlen <= 10;
-            for (size_t i = 0; ok && i < tlen; i++) {
-                if (tv[i] < '0' || tv[i] > '9')
-                    ok = false;
-                else
-                    ttl = ttl * 10 + (uint64_t)(tv[i] - '0');
-            }
-            if (!ok || ttl == 0) {
-                kv_http_respond_problem(req, 400, "invalid_query",
-                                        "ttl must be a positive whole number of seconds");
-                goto out;
-            }
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            expiry = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000 + ttl * 1000;
-        }
-        rc = store_put(n->store, key.data, key.len, req->body, req->body_len, expiry, on_write_done,
-                       req);
-        if (rc != KV_OK)
-            respond_store_error(req, rc);
-    } else {
-        rc = store_delete(n->store, key.data, key.len, on_write_done, req);
-        if (rc != KV_OK)
-            respond_store_error(req, rc);
-    }
+    /* Every key request is coordinated across its replicas (a one-node cluster too). */
+    kv_repl_handle_kv(n->repl, req, (const uint8_t *)key.data, key.len);
 out:
     kv_buf_free(&key);
 }
@@ -398,6 +286,14 @@ static void handle_request(kv_http_req *req, void *arg)
         handle_kv(n, req);
         return;
     }
+    if (strcmp(p, "/v1/kv") == 0) {
+        kv_repl_handle_list(n->repl, req);
+        return;
+    }
+    if (strcmp(p, "/v1/cluster/ring") == 0) {
+        kv_repl_handle_ring(n->repl, req);
+        return;
+    }
     if (strcmp(p, "/healthz") == 0) {
         req->route = "healthz";
         if (req->method != HTTP_GET)
@@ -427,6 +323,8 @@ static void handle_request(kv_http_req *req, void *arg)
         add_store_gauges(n);
         if (n->memb)
             kv_membership_publish_metrics(n->memb);
+        if (n->repl)
+            kv_repl_publish_metrics(n->repl);
         kv_buf out = KV_BUF_INIT;
         if (kv_metrics_render(n->metrics, &out) != KV_OK) {
             kv_http_respond_problem(req, 500, "internal", "out of memory");
@@ -487,12 +385,20 @@ static void on_membership_closed(void *arg)
     store_close(n->store, on_store_closed, n);
 }
 
-/* The leave and the HTTP drain run at once; the last to finish closes the rest. */
+static void on_repl_closed(void *arg)
+{
+    kv_node *n = arg;
+    n->repl = NULL;
+    kv_membership_close(n->memb, on_membership_closed, n);
+}
+
+/* The leave and the HTTP drain run at once; the last to finish closes the rest:
+ * replication (hint store) → membership → store. */
 static void shutdown_step(kv_node *n)
 {
     if (--n->shutdown_waits > 0)
         return;
-    kv_membership_close(n->memb, on_membership_closed, n);
+    kv_repl_close(n->repl, on_repl_closed, n);
 }
 
 static void on_left(void *arg)
@@ -617,6 +523,13 @@ int kv_node_main(const kv_config *cfg)
         goto fail;
     }
 
+    rc = kv_repl_start(&n->repl, &n->loop, cfg, n->store, n->memb,
+                       kv_node_identity_short(&n->ident), n->metrics);
+    if (rc != KV_OK) {
+        kv_log_error("cannot start replication", KV_ERR(rc));
+        goto fail;
+    }
+
     uv_signal_init(&n->loop, &n->sigint);
     uv_signal_init(&n->loop, &n->sigterm);
     n->sigint.data = n->sigterm.data = n;
@@ -642,6 +555,8 @@ int kv_node_main(const kv_config *cfg)
 
 fail:
     /* Start-up failed before serving: close what was opened and drain the loop. */
+    if (n->repl)
+        kv_repl_close(n->repl, on_nothing, NULL);
     if (n->memb)
         kv_membership_close(n->memb, on_nothing, NULL);
     if (n->http)
