@@ -20,6 +20,15 @@
 
 #define ADDR "127.0.0.1:7001"
 
+/* Checks inside bulk loops record only failures: ctest runs criterion with --full-stats,
+ * which reports every passing assertion too, and millions of them take minutes. */
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond))                                                                               \
+            cr_assert_fail("%s (line %d)", #cond, __LINE__);                                       \
+    } while (0)
+#define CHECK_EQ(a, b) CHECK((a) == (b))
+
 static swim_member_id mkid(uint8_t b)
 {
     swim_member_id id;
@@ -64,10 +73,11 @@ static void add_ok(kv_repl_batch_w *w, const kv_repl_msg *m)
 {
     size_t before = w->out->len;
     int rc = kv_repl_batch_add(w, m);
-    cr_assert_eq(rc, KV_OK, "add of type %d returned %d", (int)m->type, rc);
-    cr_assert_eq(w->out->len - before, kv_repl_msg_wire_bound(m),
-                 "type %d: wrote %zu bytes, bound says %zu", (int)m->type, w->out->len - before,
-                 kv_repl_msg_wire_bound(m));
+    if (rc != KV_OK)
+        cr_assert_fail("add of type %d returned %d", (int)m->type, rc);
+    if (w->out->len - before != kv_repl_msg_wire_bound(m))
+        cr_assert_fail("type %d: wrote %zu bytes, bound says %zu", (int)m->type,
+                       w->out->len - before, kv_repl_msg_wire_bound(m));
 }
 
 static void encode(kv_buf *out, const kv_repl_msg *msgs, size_t n)
@@ -80,7 +90,7 @@ static void encode(kv_buf *out, const kv_repl_msg *msgs, size_t n)
         add_ok(&w, &msgs[i]);
         bound += kv_repl_msg_wire_bound(&msgs[i]);
     }
-    cr_assert_eq(kv_repl_batch_end(&w), KV_OK);
+    CHECK_EQ(kv_repl_batch_end(&w), KV_OK);
     cr_assert_leq(out->len, bound);
 }
 
@@ -96,77 +106,76 @@ static const char *decode_fail(const void *p, size_t n)
     kv_repl_batch out;
     const char *why = NULL;
     int rc = kv_repl_batch_decode(p, n, &out, &why);
-    cr_assert_eq(rc, KV_ECORRUPT, "decode of bad input returned %d", rc);
-    cr_assert_not_null(why);
-    cr_assert(strcmp(why, KV_REPL_MALFORMED) == 0 || strcmp(why, KV_REPL_OUT_OF_BOUNDS) == 0,
-              "reason %s", why);
-    cr_assert_null(out.msgs);
-    cr_assert_null(out.items);
+    if (rc != KV_ECORRUPT)
+        cr_assert_fail("decode of %zu bad bytes returned %d", n, rc);
+    CHECK(why && (strcmp(why, KV_REPL_MALFORMED) == 0 || strcmp(why, KV_REPL_OUT_OF_BOUNDS) == 0));
+    CHECK(out.msgs == NULL && out.items == NULL);
     return why;
 }
 
 static void assert_bytes_eq(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen)
 {
-    cr_assert_eq(alen, blen, "length %zu != %zu", alen, blen);
+    if (alen != blen)
+        cr_assert_fail("length %zu != %zu", alen, blen);
     if (alen)
-        cr_assert_eq(memcmp(a, b, alen), 0);
+        CHECK(memcmp(a, b, alen) == 0);
 }
 
 static void assert_msg_eq(const kv_repl_msg *a, const kv_repl_msg *e)
 {
-    cr_assert_eq(a->type, e->type);
-    cr_assert_eq(a->req_id, e->req_id);
+    CHECK_EQ(a->type, e->type);
+    CHECK_EQ(a->req_id, e->req_id);
     switch (e->type) {
     case KV_REPL_WRITE:
         assert_bytes_eq(a->key, a->klen, e->key, e->klen);
-        cr_assert_eq(a->ver.ts, e->ver.ts);
-        cr_assert_eq(a->ver.node, e->ver.node);
-        cr_assert_eq(a->flags, e->flags);
-        cr_assert_eq(a->expiry_ms, e->expiry_ms);
+        CHECK_EQ(a->ver.ts, e->ver.ts);
+        CHECK_EQ(a->ver.node, e->ver.node);
+        CHECK_EQ(a->flags, e->flags);
+        CHECK_EQ(a->expiry_ms, e->expiry_ms);
         assert_bytes_eq(a->value, a->vlen, e->value, e->vlen);
-        cr_assert_eq(a->has_hint_for, e->has_hint_for);
+        CHECK_EQ(a->has_hint_for, e->has_hint_for);
         if (e->has_hint_for)
-            cr_assert_eq(memcmp(a->hint_for.b, e->hint_for.b, SWIM_ID_LEN), 0);
+            CHECK_EQ(memcmp(a->hint_for.b, e->hint_for.b, SWIM_ID_LEN), 0);
         break;
     case KV_REPL_WRITE_ACK:
-        cr_assert_eq(a->status, e->status);
-        cr_assert_eq(a->ver.ts, e->ver.ts);
-        cr_assert_eq(a->ver.node, e->ver.node);
+        CHECK_EQ(a->status, e->status);
+        CHECK_EQ(a->ver.ts, e->ver.ts);
+        CHECK_EQ(a->ver.node, e->ver.node);
         break;
     case KV_REPL_READ:
         assert_bytes_eq(a->key, a->klen, e->key, e->klen);
         break;
     case KV_REPL_READ_ACK:
-        cr_assert_eq(a->status, e->status);
-        cr_assert_eq(a->ver.ts, e->ver.ts);
-        cr_assert_eq(a->ver.node, e->ver.node);
-        cr_assert_eq(a->flags, e->flags);
-        cr_assert_eq(a->expiry_ms, e->expiry_ms);
+        CHECK_EQ(a->status, e->status);
+        CHECK_EQ(a->ver.ts, e->ver.ts);
+        CHECK_EQ(a->ver.node, e->ver.node);
+        CHECK_EQ(a->flags, e->flags);
+        CHECK_EQ(a->expiry_ms, e->expiry_ms);
         assert_bytes_eq(a->value, a->vlen, e->value, e->vlen);
         break;
     case KV_REPL_LIST:
         assert_bytes_eq(a->key, a->klen, e->key, e->klen);
-        cr_assert_eq(a->limit, e->limit);
-        cr_assert_eq(a->has_cursor, e->has_cursor);
+        CHECK_EQ(a->limit, e->limit);
+        CHECK_EQ(a->has_cursor, e->has_cursor);
         if (e->has_cursor) {
-            cr_assert_eq(a->cursor_hash, e->cursor_hash);
+            CHECK_EQ(a->cursor_hash, e->cursor_hash);
             assert_bytes_eq(a->cursor_key, a->cursor_klen, e->cursor_key, e->cursor_klen);
         } else {
-            cr_assert_eq(a->cursor_hash, 0);
-            cr_assert_eq(a->cursor_klen, 0);
+            CHECK_EQ(a->cursor_hash, 0);
+            CHECK_EQ(a->cursor_klen, 0);
         }
         break;
     case KV_REPL_LIST_ACK:
-        cr_assert_eq(a->status, e->status);
-        cr_assert_eq(a->truncated, e->truncated);
-        cr_assert_eq(a->n_items, e->n_items);
+        CHECK_EQ(a->status, e->status);
+        CHECK_EQ(a->truncated, e->truncated);
+        CHECK_EQ(a->n_items, e->n_items);
         for (uint32_t i = 0; i < e->n_items; i++) {
             const kv_repl_item *x = &a->items[i], *y = &e->items[i];
             assert_bytes_eq(x->key, x->klen, y->key, y->klen);
-            cr_assert_eq(x->hash, y->hash);
-            cr_assert_eq(x->ver.ts, y->ver.ts);
-            cr_assert_eq(x->ver.node, y->ver.node);
-            cr_assert_eq(x->flags, y->flags);
+            CHECK_EQ(x->hash, y->hash);
+            CHECK_EQ(x->ver.ts, y->ver.ts);
+            CHECK_EQ(x->ver.node, y->ver.node);
+            CHECK_EQ(x->flags, y->flags);
         }
         break;
     }
@@ -954,21 +963,21 @@ Test(repl_msg, random_corruption_never_crashes_and_what_decodes_is_in_bounds)
         kv_repl_batch d;
         const char *why = NULL;
         int rc = kv_repl_batch_decode(p, b.len, &d, &why);
-        cr_assert(rc == KV_OK || rc == KV_ECORRUPT, "rc %d", rc);
+        CHECK(rc == KV_OK || rc == KV_ECORRUPT);
         if (rc != KV_OK)
             continue;
         decoded++;
-        cr_assert_leq(d.n_msgs, KV_REPL_BATCH_MAX);
+        CHECK(d.n_msgs <= KV_REPL_BATCH_MAX);
         for (uint32_t i = 0; i < d.n_msgs; i++) {
             const kv_repl_msg *m = &d.msgs[i];
-            cr_assert(m->type >= KV_REPL_WRITE && m->type <= KV_REPL_LIST_ACK);
-            cr_assert_leq(m->klen, KV_REPL_KEY_MAX);
-            cr_assert_leq((unsigned)m->status, KV_REPL_NOSPACE);
-            cr_assert_leq(m->n_items, KV_REPL_LIST_MAX);
+            CHECK(m->type >= KV_REPL_WRITE && m->type <= KV_REPL_LIST_ACK);
+            CHECK(m->klen <= KV_REPL_KEY_MAX);
+            CHECK((unsigned)m->status <= KV_REPL_NOSPACE);
+            CHECK(m->n_items <= KV_REPL_LIST_MAX);
             if (m->klen)
-                cr_assert(m->key >= p && m->key + m->klen <= p + b.len);
+                CHECK(m->key >= p && m->key + m->klen <= p + b.len);
             if (m->vlen)
-                cr_assert(m->value >= p && m->value + m->vlen <= p + b.len);
+                CHECK(m->value >= p && m->value + m->vlen <= p + b.len);
         }
         kv_repl_batch_free(&d);
     }
