@@ -116,6 +116,7 @@ typedef struct coord_req {
     bool replied;
     bool read_repair;
     bool saw_error, saw_nospace;
+    bool saw_newer; /* writes: a replica answered STALE with a newer version this round */
     coord_tgt t[KV_COORD_MAX_TARGETS];
 } coord_req;
 
@@ -126,6 +127,7 @@ typedef struct coord_fx {
 
 struct kv_coord {
     kv_hlc hlc;
+    uint64_t wall; /* the latest wall_ms any input carried (for rounds started by check) */
     uint64_t next_gen;
     coord_req *slots;
     size_t nslots, slots_cap;
@@ -427,6 +429,7 @@ static void emit_write_send(kv_coord *c, coord_req *r, uint32_t slot, uint32_t i
 static void write_round(kv_coord *c, coord_req *r, uint32_t slot)
 {
     r->acks = r->fails = r->pending = 0;
+    r->saw_newer = false;
     for (uint32_t i = 0; i < r->n_targets; i++) {
         coord_tgt *t = &r->t[i];
         if (!t->in_set)
@@ -495,8 +498,40 @@ static void reply_failed(kv_coord *c, coord_req *r)
         emit_reply(c, r, KV_EUNAVAIL, "not_enough_replicas");
 }
 
-/* After any change to a request: answer the client when the quorum is reached or can no
- * longer be, and close when nothing is pending. */
+/*
+ * A write round can no longer reach W and some replica holds a newer version: start a new
+ * round with a version above everything seen (the clock merged it), or give up after
+ * KV_COORD_MAX_ROUNDS. True when a new round went out.
+ */
+static bool write_bump(kv_coord *c, coord_req *r, uint32_t slot)
+{
+    if (r->round >= KV_COORD_MAX_ROUNDS) {
+        emit_reply(c, r, KV_EUNAVAIL, "contended");
+        return false;
+    }
+    if (kv_hlc_exhausted(&c->hlc, c->wall)) {
+        emit_reply(c, r, KV_EIO, NULL);
+        return false;
+    }
+    r->round++;
+    c->st.rounds_extra++;
+    r->ver = kv_hlc_now(&c->hlc, c->wall);
+    write_round(c, r, slot);
+    return true;
+}
+
+/*
+ * After any change to a request: answer the client when the quorum is reached or can no
+ * longer be, and close when nothing is pending.
+ *
+ * Writes: W acknowledgements of one version are enough, even when another replica
+ * answered STALE with a newer version meanwhile. The W that acknowledged include one of
+ * the W that acknowledged any write finished before ours began (two quorums intersect),
+ * and that one accepted our version only because it is newer than that write's — which
+ * is all the real-time-order promise needs; the newer version seen elsewhere belongs to a
+ * concurrent write, which may be ordered after ours. Only when the round can no longer
+ * reach W and a newer version was among the refusals does the write go round again.
+ */
 static void check(kv_coord *c, uint32_t slot)
 {
     coord_req *r = &c->slots[slot];
@@ -509,7 +544,13 @@ static void check(kv_coord *c, uint32_t slot)
             else
                 emit_reply(c, r, KV_ENOTFOUND, NULL);
         } else if (r->acks + r->pending < r->need) {
-            reply_failed(c, r);
+            if (r->op == KV_COORD_GET || !r->saw_newer || !write_bump(c, r, slot)) {
+                if (!r->replied)
+                    reply_failed(c, r);
+            } else if (r->acks + r->pending < r->need) {
+                /* the new round reaches too few replicas (all known down) */
+                reply_failed(c, r);
+            }
         }
     }
     if (r->pending == 0) {
@@ -551,6 +592,8 @@ static void reply_now(kv_coord *c, const kv_coord_req *q, int status, const char
 
 int kv_coord_submit(kv_coord *c, uint64_t now, uint64_t wall_ms, const kv_coord_req *q)
 {
+    if (wall_ms > c->wall)
+        c->wall = wall_ms;
     release_popped(c);
     int rc = validate(q);
     if (rc != KV_OK)
@@ -714,29 +757,13 @@ static void on_write_ack(kv_coord *c, uint32_t slot, uint32_t i, const kv_repl_m
             target_failed(r, t);
             break;
         }
-        /* STALE with a newer version: some replica holds a write our version must
-         * overtake (perhaps one acknowledged before ours began). */
-        if (r->replied) {
-            t->state = T_NEWER;
-            r->pending--;
-            break;
-        }
-        if (r->round >= KV_COORD_MAX_ROUNDS) {
-            t->state = T_NEWER;
-            r->pending--;
-            emit_reply(c, r, KV_EUNAVAIL, "contended");
-            break;
-        }
-        if (kv_hlc_exhausted(&c->hlc, wall_ms)) {
-            t->state = T_NEWER;
-            r->pending--;
-            emit_reply(c, r, KV_EIO, NULL);
-            break;
-        }
-        r->round++;
-        c->st.rounds_extra++;
-        r->ver = kv_hlc_now(&c->hlc, wall_ms);
-        write_round(c, r, slot);
+        /* STALE with a newer version: this replica holds a write newer than ours. It
+         * does not count toward W; check() starts a new round above it if the others
+         * cannot make W without it. */
+        t->state = T_NEWER;
+        r->pending--;
+        if (!r->replied)
+            r->saw_newer = true;
         break;
     case KV_REPL_NOSPACE:
         r->saw_nospace = true;
@@ -816,6 +843,8 @@ static void on_read_ack(kv_coord *c, uint32_t slot, uint32_t i, const kv_repl_ms
 void kv_coord_on_ack(kv_coord *c, uint64_t now, uint64_t wall_ms, const swim_member_id *from,
                      const kv_repl_msg *ack)
 {
+    if (wall_ms > c->wall)
+        c->wall = wall_ms;
     (void)now;
     release_popped(c);
     uint64_t id = ack->req_id;
@@ -888,7 +917,8 @@ void kv_coord_on_member_down(kv_coord *c, uint64_t now, const swim_member_id *id
 
 void kv_coord_tick(kv_coord *c, uint64_t now, uint64_t wall_ms)
 {
-    (void)wall_ms;
+    if (wall_ms > c->wall)
+        c->wall = wall_ms;
     release_popped(c);
     while (c->nheap > 0) {
         uint32_t s = c->heap[0];

@@ -21,16 +21,16 @@
  * Writes and the real-time-order promise (DESIGN §8). The coordinator gives the write a
  * version from its hybrid logical clock and sends it to every alive primary. A replica
  * answers with the version it now holds: OK (ours), or STALE with a version >= ours. A
- * STALE answer with the same version counts as OK (a retry). A STALE answer with a newer
- * version means some replica already holds a newer write — perhaps one acknowledged
- * before ours began, which our write must overtake: the clock merges that version, the
- * write gets a fresh version above it and is sent again to every alive primary (a new
- * round; acknowledgements of earlier rounds no longer count). Only W acknowledgements of
- * one version, with no replica having reported a newer one, acknowledge the client. At
- * quorum (W + W > N) the W primaries of a later write include one of the W that
- * acknowledged an earlier write; that one answers STALE until the later write's version
- * is above the earlier one — so a write that starts after another was acknowledged always
- * ends newer than it, whatever the wall clocks say.
+ * STALE answer with the same version counts as OK (a retry). W acknowledgements of one
+ * version acknowledge the client. A STALE answer with a newer version does not count; if
+ * the round can no longer reach W without it, the clock merges that version and the
+ * write goes out again with a fresh version above it to every alive primary (a new
+ * round; acknowledgements of earlier rounds no longer count). Why this is enough: at
+ * quorum (W + W > N) the W primaries that acknowledge a later write include one of the W
+ * that acknowledged an earlier write, and that one accepted the later version only
+ * because it is newer — so a write that starts after another was acknowledged always
+ * ends newer than it, whatever the wall clocks say. A newer version met elsewhere while W
+ * others accept belongs to a concurrent write, which may be ordered after ours.
  * After KV_COORD_MAX_ROUNDS rounds the write fails (KV_EUNAVAIL, "contended").
  *
  * Hints: a primary that is not alive when a write starts, or that has not acknowledged
