@@ -515,7 +515,12 @@ static bool write_bump(kv_coord *c, coord_req *r, uint32_t slot)
     }
     r->round++;
     c->st.rounds_extra++;
-    r->ver = kv_hlc_now(&c->hlc, c->wall);
+    /* Lead the wall clock a little: fresh writes of the same key that start in the next
+     * few milliseconds elsewhere then lose to this retry instead of overtaking it again,
+     * so a hot key does not starve a writer round after round. The lead is relative to
+     * now (not to the version overtaken), so the clocks never drift further ahead than
+     * KV_COORD_BUMP_LEAD_MS. */
+    r->ver = kv_hlc_now(&c->hlc, c->wall + KV_COORD_BUMP_LEAD_MS);
     write_round(c, r, slot);
     return true;
 }

@@ -60,8 +60,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define KV_COORD_MAX_ROUNDS 8
-#define KV_COORD_MAX_TARGETS 32
+#define KV_COORD_MAX_ROUNDS   15 /* fits the 4 round bits of a request id */
+#define KV_COORD_BUMP_LEAD_MS 2  /* a rewritten version leads the wall clock by this much */
+#define KV_COORD_MAX_TARGETS  32
 
 typedef struct kv_coord kv_coord;
 
@@ -108,14 +109,14 @@ typedef struct kv_coord_effect {
     kv_repl_msg msg;   /* SEND: WRITE or READ with req_id set; HINT: the WRITE (req_id 0) */
     /* REPLY */
     void *client;
-    int status;       /* KV_OK, KV_ENOTFOUND, KV_EUNAVAIL, or when the quorum failed
-                         because replicas failed: KV_ENOSPC (one reported NOSPACE) or
-                         KV_EIO (ERROR) */
-    kv_version ver;   /* KV_OK: the version read or written; KV_ENOTFOUND: of a tombstone, or 0 */
+    int status;     /* KV_OK, KV_ENOTFOUND, KV_EUNAVAIL, or when the quorum failed
+                       because replicas failed: KV_ENOSPC (one reported NOSPACE) or
+                       KV_EIO (ERROR) */
+    kv_version ver; /* KV_OK: the version read or written; KV_ENOTFOUND: of a tombstone, or 0 */
     const uint8_t *value; /* GET KV_OK */
     size_t vlen;
-    uint32_t answered; /* replicas that answered (EUNAVAIL: toward the quorum) */
-    uint32_t needed;   /* R or W */
+    uint32_t answered;  /* replicas that answered (EUNAVAIL: toward the quorum) */
+    uint32_t needed;    /* R or W */
     const char *reason; /* KV_EUNAVAIL: "timeout", "not_enough_replicas", "contended" */
 } kv_coord_effect;
 
@@ -155,13 +156,13 @@ bool kv_coord_pop(kv_coord *c, kv_coord_effect *out);
 size_t kv_coord_inflight(const kv_coord *c);
 
 typedef struct kv_coord_stats {
-    uint64_t reads, writes;        /* requests submitted */
-    uint64_t unavailable;          /* answered KV_EUNAVAIL */
-    uint64_t timeouts;             /* of those: deadline passed */
-    uint64_t rounds_extra;         /* write rounds beyond the first (version bumps) */
-    uint64_t read_repairs;         /* repair WRITEs sent */
-    uint64_t hints;                /* HINT effects */
-    uint64_t acks_ignored;         /* unknown, duplicate or late acks */
+    uint64_t reads, writes; /* requests submitted */
+    uint64_t unavailable;   /* answered KV_EUNAVAIL */
+    uint64_t timeouts;      /* of those: deadline passed */
+    uint64_t rounds_extra;  /* write rounds beyond the first (version bumps) */
+    uint64_t read_repairs;  /* repair WRITEs sent */
+    uint64_t hints;         /* HINT effects */
+    uint64_t acks_ignored;  /* unknown, duplicate or late acks */
 } kv_coord_stats;
 void kv_coord_get_stats(const kv_coord *c, kv_coord_stats *out);
 
