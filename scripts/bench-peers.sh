@@ -142,6 +142,7 @@ wait_for() {
     done
 }
 http_ok() { curl -fsS -m 2 "$1" >/dev/null; }
+ring_has() { [[ $(curl -fsS -m 2 "$1/v1/cluster/ring" | grep -o '"tokens":' | wc -l) -ge $2 ]]; }
 
 stop_all() { cleanup; TMP=$(mktemp -d "${TMPDIR:-/tmp}/kvstore-bench-peers.XXXXXX"); }
 
@@ -166,6 +167,10 @@ start_kvstore() {
     done
     for i in $(seq 1 "$KV_NODES"); do
         wait_for "kvstore node $i" 30 http_ok "http://127.0.0.1:$((BASE + i))/readyz"
+    done
+    # Measure the cluster, not its first second: every node's ring must hold every node.
+    for i in $(seq 1 "$KV_NODES"); do
+        wait_for "kvstore node $i's ring" 30 ring_has "http://127.0.0.1:$((BASE + i))" "$KV_NODES"
     done
     KV_URLS=$urls
 }
