@@ -94,6 +94,28 @@ int kv_client_put(kv_client *c, const void *key, size_t klen, const void *val, s
 int kv_client_delete(kv_client *c, const void *key, size_t klen);
 
 /*
+ * How many replicas a key request needs (the server's ?r=, ?w= and ?consistency= query
+ * parameters; see the Replication section of the README). Zero / NULL fields are not sent,
+ * so the server's defaults (replication.r, replication.w) apply.
+ */
+typedef struct kv_client_quorum {
+    const char *consistency; /* "one", "quorum", "all", or NULL */
+    uint32_t r;              /* GET: replicas that must answer (1..replication.n); 0 = unset */
+    uint32_t w;              /* PUT, DELETE: replicas that must acknowledge; 0 = unset */
+} kv_client_quorum;
+
+/*
+ * Set the quorum for the following kv_client_get, kv_client_put and kv_client_delete calls
+ * on c (not for listing or kv_client_raw_get): r is sent as ?r=N on GETs only, w as ?w=N on
+ * PUTs and DELETEs only, consistency on all three (the server lets r / w win over it). q is
+ * copied; NULL goes back to the server's defaults. KV_EINVAL (c unchanged) for a
+ * consistency other than one, quorum or all. The server checks r and w against
+ * replication.n: a value over it fails the call with KV_EBADREQ (problem code
+ * invalid_query). A quorum that cannot be reached fails the call with KV_EUNAVAIL.
+ */
+int kv_client_set_quorum(kv_client *c, const kv_client_quorum *q);
+
+/*
  * GET path (e.g. "/healthz", "/readyz", "/metrics"; must start with '/' and contain no
  * spaces or control characters, else KV_EINVAL). On KV_OK *status gets the HTTP status
  * and *body (malloc'ed, NUL-terminated, caller frees with free()) and *blen the body — for

@@ -35,7 +35,9 @@ enum {
     CLI_F_JSON = 1 << 0,
     CLI_F_TTL = 1 << 1,
     CLI_F_FILE = 1 << 2,
-    CLI_F_LIST = 1 << 3, /* --limit, --cursor, --all */
+    CLI_F_LIST = 1 << 3,   /* --limit, --cursor, --all */
+    CLI_F_READQ = 1 << 4,  /* --consistency, -r N */
+    CLI_F_WRITEQ = 1 << 5, /* --consistency, -w N */
 };
 
 typedef struct cli_args {
@@ -46,6 +48,9 @@ typedef struct cli_args {
     uint32_t limit;     /* list: 0 = the server's default */
     const char *cursor; /* list */
     bool all;           /* list */
+    /* get/put/delete: the quorum (kv_client_set_quorum); NULL / 0 = the server's default */
+    const char *consistency;
+    uint32_t r, w;
     const char *pos[2];
     int npos;
 } cli_args;
@@ -81,15 +86,22 @@ static const cli_cmd cli_cmds[] = {
      "The value's raw bytes go to stdout; a newline is added only when stdout is a\n"
      "terminal, so `%s get KEY > FILE` writes exactly the stored bytes.\n"
      "With --json: {\"key\":..,\"value\":..,\"etag\":..}; a value that is not UTF-8 is\n"
-     "base64 and the object has \"encoding\":\"base64\".\n",
-     CLI_F_JSON, 1, 1, cmd_get},
+     "base64 and the object has \"encoding\":\"base64\".\n"
+     "-r N or --consistency one|quorum|all: how many replicas must answer (default\n"
+     "replication.r); exit 4 when that many cannot.\n",
+     CLI_F_JSON | CLI_F_READQ, 1, 1, cmd_get},
     {"put", "KEY [VALUE]", "store VALUE (or -f FILE, or stdin) under KEY",
      "The value is VALUE, or the contents of FILE with -f FILE, or all of stdin when\n"
      "neither is given (binary-safe; `-f -` also reads stdin).\n"
-     "With --json: {\"key\":..,\"etag\":..}.\n",
-     CLI_F_JSON | CLI_F_TTL | CLI_F_FILE, 1, 2, cmd_put},
+     "With --json: {\"key\":..,\"etag\":..}.\n"
+     "-w N or --consistency one|quorum|all: how many replicas must acknowledge (default\n"
+     "replication.w); exit 4 when that many cannot.\n",
+     CLI_F_JSON | CLI_F_TTL | CLI_F_FILE | CLI_F_WRITEQ, 1, 2, cmd_put},
     {"delete", "KEY", "delete KEY (succeeds whether or not it exists)",
-     "With --json: {\"key\":..,\"deleted\":true}.\n", CLI_F_JSON, 1, 1, cmd_delete},
+     "With --json: {\"key\":..,\"deleted\":true}.\n"
+     "-w N or --consistency one|quorum|all: how many replicas must acknowledge (default\n"
+     "replication.w); exit 4 when that many cannot.\n",
+     CLI_F_JSON | CLI_F_WRITEQ, 1, 1, cmd_delete},
     {"health", "", "check the server's /healthz and /readyz",
      "Exit 0 when both answer 200, 4 when the server is not ready (503), 1 otherwise.\n"
      "With --json: {\"server\":..,\"healthz\":{\"http_status\":..,\"status\":..},"
@@ -167,6 +179,9 @@ void kv_cli_usage(FILE *out, const char *prog)
             "  --limit N              list: keys per page, 1..1000 (default 100)\n"
             "  --all                  list: follow the pages until the listing ends\n"
             "  --cursor C             list: continue after the page whose next_cursor is C\n"
+            "  --consistency LEVEL    get/put/delete: one, quorum or all replicas must answer\n"
+            "  -r N                   get: N replicas must answer (1..replication.n)\n"
+            "  -w N                   put/delete: N replicas must acknowledge\n"
             "  -h, --help             help for a command: %s <command> --help\n"
             "  --                     end of flags (for keys that start with '-')\n"
             "\noutput: get writes the raw value bytes, plus a newline only when stdout is "
@@ -195,6 +210,17 @@ static void usage_cmd(FILE *out, const char *prog, const cli_cmd *cmd)
         fprintf(out, "  --limit N              keys per page, 1..1000 (default 100)\n"
                      "  --all                  follow the pages until the listing ends\n"
                      "  --cursor C             continue after the page whose next_cursor is C\n");
+    if (cmd->flags & (CLI_F_READQ | CLI_F_WRITEQ))
+        fprintf(out, "  --consistency LEVEL    one, quorum or all of the key's replicas must %s\n",
+                (cmd->flags & CLI_F_READQ) ? "answer" : "acknowledge");
+    if (cmd->flags & CLI_F_READQ)
+        fprintf(out,
+                "  -r, --r N              N replicas must answer (1..replication.n; wins over\n"
+                "                         --consistency)\n");
+    if (cmd->flags & CLI_F_WRITEQ)
+        fprintf(out,
+                "  -w, --w N              N replicas must acknowledge (1..replication.n; wins\n"
+                "                         over --consistency)\n");
     fprintf(out, "  -h, --help             show this help\n"
                  "  --                     end of flags\n");
     usage_config(out);
@@ -235,6 +261,24 @@ static bool parse_ttl(const char *s, uint64_t *out)
         v = v * 10 + (uint64_t)(*s - '0');
     }
     if (v == 0)
+        return false;
+    *out = v;
+    return true;
+}
+
+/* A replica count for -r / -w: a whole number from 1 to 1000 (the server checks it against
+ * replication.n and says so). */
+static bool parse_count(const char *s, uint32_t *out)
+{
+    uint32_t v = 0;
+    if (!*s)
+        return false;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9' || v > 100)
+            return false;
+        v = v * 10 + (uint32_t)(*s - '0');
+    }
+    if (v == 0 || v > 1000)
         return false;
     *out = v;
     return true;
@@ -284,6 +328,43 @@ static int parse_args(cli_ctx *x, int argc, char **argv)
         bool is_cursor = nlen == 8 && strncmp(arg, "--cursor", 8) == 0;
         if (strcmp(arg, "--all") == 0 && (cmd->flags & CLI_F_LIST)) {
             a->all = true;
+            continue;
+        }
+        bool is_cons = nlen == 13 && strncmp(arg, "--consistency", 13) == 0;
+        bool is_r =
+            (nlen == 2 && strncmp(arg, "-r", 2) == 0) || (nlen == 3 && strncmp(arg, "--r", 3) == 0);
+        bool is_w =
+            (nlen == 2 && strncmp(arg, "-w", 2) == 0) || (nlen == 3 && strncmp(arg, "--w", 3) == 0);
+        /* The server reads r on a GET and w on a write: a mixed-up flag would be silently
+         * ignored there, so say so here. */
+        if (is_r && (cmd->flags & CLI_F_WRITEQ))
+            return usage_error(x->prog, cmd, "%s",
+                               "-r is for reads (get); a write takes -w N or --consistency");
+        if (is_w && (cmd->flags & CLI_F_READQ))
+            return usage_error(x->prog, cmd, "%s",
+                               "-w is for writes (put, delete); get takes -r N or --consistency");
+        if (((is_cons || is_r) && (cmd->flags & CLI_F_READQ)) ||
+            ((is_cons || is_w) && (cmd->flags & CLI_F_WRITEQ))) {
+            const char *val = eq ? eq + 1 : NULL;
+            if (!val) {
+                if (i + 1 >= argc)
+                    return usage_error(x->prog, cmd, "flag %s needs a value", arg);
+                val = argv[++i];
+            }
+            if (is_cons) {
+                if (strcmp(val, "one") != 0 && strcmp(val, "quorum") != 0 &&
+                    strcmp(val, "all") != 0)
+                    return usage_error(x->prog, cmd,
+                                       "--consistency must be one, quorum or all, not '%s'", val);
+                a->consistency = val;
+            } else if (!parse_count(val, is_r ? &a->r : &a->w)) {
+                return usage_error(x->prog, cmd,
+                                   is_r ? "-r needs a whole number of replicas (1..replication.n), "
+                                          "not '%s'"
+                                        : "-w needs a whole number of replicas (1..replication.n), "
+                                          "not '%s'",
+                                   val);
+            }
             continue;
         }
         if ((is_limit || is_cursor) && (cmd->flags & CLI_F_LIST)) {
@@ -788,6 +869,11 @@ int kv_cli_main(const kv_config *cfg, int argc, char **argv, const char *prog)
         cli_print_safe(stderr, cfg->client_server_url, strlen(cfg->client_server_url));
         fprintf(stderr, "' is not a valid server URL (expected http://host[:port])\n");
         return rc == KV_EINVAL ? KV_EXIT_USAGE : KV_EXIT_ERROR;
+    }
+    kv_client_quorum q = {.consistency = x.a.consistency, .r = x.a.r, .w = x.a.w};
+    if (kv_client_set_quorum(x.client, &q) != KV_OK) {
+        kv_client_free(x.client); /* parse_args let only valid levels through */
+        return usage_error(prog, cmd, "%s", "bad --consistency");
     }
     ec = cmd->run(&x);
     kv_client_free(x.client);

@@ -54,6 +54,9 @@ struct kv_client {
     uint64_t max_body;
     int fd; /* -1 when not connected */
     kv_client_error err;
+    /* kv_client_set_quorum: "" = not sent; 0 = not sent */
+    char consistency[8];
+    uint32_t r, w;
 };
 
 /* One response being parsed. */
@@ -559,14 +562,38 @@ static void copy_etag(const kvc_resp *r, char *etag, size_t cap)
     etag[n] = '\0';
 }
 
-/* Build "/v1/kv/<escaped key>[?ttl=N]" into b. */
-static int key_target(kv_buf *b, const void *key, size_t klen, uint64_t ttl_s)
+/* Append "?name=value" or "&name=value" (value URL-safe) to b. */
+static int query_add(kv_buf *b, bool *first, const char *name, const char *value)
 {
+    int rc = kv_buf_printf(b, "%c%s=%s", *first ? '?' : '&', name, value);
+    *first = false;
+    return rc;
+}
+
+/*
+ * Build "/v1/kv/<escaped key>[?ttl=N][&consistency=C][&r=N | &w=N]" into b: r goes only on
+ * a GET and w only on a write, because the server reads r for GETs and w otherwise.
+ */
+static int key_target(const kv_client *c, kv_buf *b, const char *method, const void *key,
+                      size_t klen, uint64_t ttl_s)
+{
+    bool read = strcmp(method, "GET") == 0;
+    bool first = true;
+    char num[24];
     int rc = kv_buf_appends(b, "/v1/kv/");
     if (rc == KV_OK)
         rc = kvc_path_escape(b, key, klen);
-    if (rc == KV_OK && ttl_s > 0)
-        rc = kv_buf_printf(b, "?ttl=%" PRIu64, ttl_s);
+    if (rc == KV_OK && ttl_s > 0) {
+        snprintf(num, sizeof(num), "%" PRIu64, ttl_s);
+        rc = query_add(b, &first, "ttl", num);
+    }
+    if (rc == KV_OK && c->consistency[0])
+        rc = query_add(b, &first, "consistency", c->consistency);
+    uint32_t need = read ? c->r : c->w;
+    if (rc == KV_OK && need > 0) {
+        snprintf(num, sizeof(num), "%" PRIu32, need);
+        rc = query_add(b, &first, read ? "r" : "w", num);
+    }
     return rc;
 }
 
@@ -586,7 +613,7 @@ static int key_call(kv_client *c, const char *method, const void *key, size_t kl
     if (has_body && !val && vlen > 0)
         return err_set(c, KV_EINVAL, "value is NULL");
     kv_buf target = KV_BUF_INIT;
-    if (key_target(&target, key, klen, ttl_s) != KV_OK) {
+    if (key_target(c, &target, method, key, klen, ttl_s) != KV_OK) {
         kv_buf_free(&target);
         return err_set(c, KV_ENOMEM, "out of memory");
     }
@@ -668,6 +695,20 @@ int kv_client_delete(kv_client *c, const void *key, size_t klen)
     if (rc != KV_OK)
         return rc;
     kv_buf_free(&r.body);
+    return KV_OK;
+}
+
+int kv_client_set_quorum(kv_client *c, const kv_client_quorum *q)
+{
+    if (!c)
+        return KV_EINVAL;
+    const char *level = q && q->consistency ? q->consistency : "";
+    if (*level && strcmp(level, "one") != 0 && strcmp(level, "quorum") != 0 &&
+        strcmp(level, "all") != 0)
+        return KV_EINVAL;
+    snprintf(c->consistency, sizeof(c->consistency), "%s", level);
+    c->r = q ? q->r : 0;
+    c->w = q ? q->w : 0;
     return KV_OK;
 }
 
