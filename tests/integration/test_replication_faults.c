@@ -98,7 +98,8 @@ static bool read_matches(int via, const kstate *k, const char *query, char *why,
              r.node == k->node;
     if (!ok)
         snprintf(why, cap,
-                 "GET %s?%s through n%d: status %d, body '%.200s', ETag %s (%lld ms); want %s "
+                 "GET %.64s?%.64s through n%d: status %d, body '%.200s', ETag %.64s (%lld ms); "
+                 "want %.64s "
                  "(version %llu.%u)",
                  k->key, query ? query : "", via, r.status, r.body, r.etag, (long long)r.ms,
                  k->deleted ? "404 key_not_found" : k->value, (unsigned long long)k->ts, k->node);
