@@ -44,11 +44,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 #define REPL_BATCH_BYTES   (1u << 20) /* start a new batch past this */
 #define REPL_PEER_BUCKETS  64
 #define REPL_MAX_FALLBACKS 8
+#define REPL_MAX_SCANS     16          /* local listing scans at once (peers' LISTs included) */
+#define REPL_KEEP_BUF      (64u << 10) /* a peer's batch buffer above this is freed after use */
 
 /* One peer's outgoing batch. */
 typedef struct repl_peer {
@@ -68,8 +71,9 @@ typedef struct repl_list_req {
     kv_list_merge *merge;
     uint64_t id; /* KV_REPL_REQ_LIST | n */
     uint32_t waiting, asked, answered;
-    swim_member_id asked_ids[SWIM_MAX_MEMBERS > 256 ? 256 : SWIM_MAX_MEMBERS];
-    bool answered_ids[256];
+    uint32_t limit;            /* the page size asked: longer answers are cut */
+    swim_member_id *asked_ids; /* every alive ring member, ourselves included */
+    bool *answered_ids;
     uv_timer_t timer;
     bool done;
 } repl_list_req;
@@ -87,7 +91,8 @@ typedef struct repl_scan {
 typedef struct repl_apply {
     kv_repl *r;
     uint64_t req_id;
-    bool local; /* the ack goes to our own coordinator */
+    bool local;     /* the ack goes to our own coordinator */
+    kv_version ver; /* hint_for: the version kept */
     char to[SWIM_ADDR_MAX + 1];
 } repl_apply;
 
@@ -132,6 +137,8 @@ struct kv_repl {
     /* counters */
     uint64_t batches_sent, msgs_sent, send_drops, rx_batches, rx_msgs, rx_dropped;
     uint64_t applies_remote, reads_remote, hint_writes_refused, ring_rebuilds;
+    uint64_t scans_refused, bad_hint_for;
+    size_t n_scans;
 };
 
 /* ---------- small helpers ---------- */
@@ -190,9 +197,8 @@ static void peer_flush(kv_repl *r, repl_peer *p)
         kv_log_debug("replica batch dropped", KV_STR("peer", p->addr), KV_UINT("msgs", p->w.count),
                      KV_ERR(rc));
     }
-    if (p->buf.cap > 4 * REPL_BATCH_BYTES) { /* do not keep a huge buffer per peer */
+    if (p->buf.cap > REPL_KEEP_BUF) /* do not keep a big buffer per peer */
         kv_buf_free(&p->buf);
-    }
 }
 
 static void flush_all(kv_repl *r)
@@ -309,17 +315,65 @@ static void on_apply_done(void *arg, int status, const kv_version *ver)
     repl_maybe_closed(r);
 }
 
+static void on_hint_for_done(void *arg, int status)
+{
+    repl_apply *a = arg;
+    kv_repl *r = a->r;
+    kv_repl_msg ack = {.type = KV_REPL_WRITE_ACK, .req_id = a->req_id, .ver = a->ver};
+    ack.status = status == KV_OK ? KV_REPL_OK : status_of(status);
+    if (!r->closing || a->local)
+        deliver_ack(r, a->local, a->to, &ack);
+    free(a);
+    r->pending--;
+    repl_maybe_closed(r);
+}
+
+/*
+ * Sloppy quorum: we are a fallback keeping the write for hint_for, a ring member that is
+ * down. The acknowledgement counts toward W, so it waits until the hint is as durable as
+ * storage.sync promises. A hint_for that is not on the ring (or is us) would never be
+ * delivered: refused, counted, logged.
+ */
+static void serve_hint_for(kv_repl *r, bool local, const char *to, const kv_repl_msg *m)
+{
+    kv_repl_msg ack = {.type = KV_REPL_WRITE_ACK, .req_id = m->req_id, .ver = m->ver};
+    if (swim_id_equal(&m->hint_for, &r->self) || !r->ring ||
+        kv_ring_find(r->ring, &m->hint_for) < 0) {
+        r->bad_hint_for++;
+        kv_log_warn("replica write for an unknown member refused",
+                    KV_STR("from", to ? to : "self"));
+        ack.status = KV_REPL_ERROR;
+        deliver_ack(r, local, to, &ack);
+        return;
+    }
+    repl_apply *a = malloc(sizeof(*a));
+    if (!a) {
+        ack.status = KV_REPL_ERROR;
+        deliver_ack(r, local, to, &ack);
+        return;
+    }
+    a->r = r;
+    a->req_id = m->req_id;
+    a->local = local;
+    a->ver = m->ver;
+    snprintf(a->to, sizeof(a->to), "%s", to ? to : "");
+    int rc = kv_hints_add_durable(r->hints, &m->hint_for, m, on_hint_for_done, a);
+    if (rc != KV_OK) {
+        free(a);
+        ack.status = rc == KV_EUNAVAIL ? KV_REPL_FULL : KV_REPL_ERROR;
+        deliver_ack(r, local, to, &ack);
+        return;
+    }
+    r->pending++;
+}
+
 /* Apply a WRITE to the local store (or keep it as a hint when it is one); the ack goes
  * back through deliver_ack. */
 static void serve_write(kv_repl *r, bool local, const char *to, const kv_repl_msg *m)
 {
     kv_repl_msg ack = {.type = KV_REPL_WRITE_ACK, .req_id = m->req_id};
     if (m->has_hint_for) {
-        /* Sloppy quorum: we are a fallback for hint_for. */
-        int rc = kv_hints_add(r->hints, &m->hint_for, m);
-        ack.status = rc == KV_OK ? KV_REPL_OK : rc == KV_EUNAVAIL ? KV_REPL_FULL : KV_REPL_ERROR;
-        ack.ver = m->ver;
-        deliver_ack(r, local, to, &ack);
+        serve_hint_for(r, local, to, m);
         return;
     }
     repl_apply *a = malloc(sizeof(*a));
@@ -399,16 +453,25 @@ static void scan_free(kv_repl *r, repl_scan *s)
         *pp = s->next;
     kv_list_scan_free(s->scan);
     free(s);
+    r->n_scans--;
     r->pending--;
 }
 
 static void on_scan_idle(uv_idle_t *h)
 {
     kv_repl *r = h->data;
-    /* One bounded step of every scan per loop turn. */
+    /* One bounded step (about a millisecond) of one scan per loop turn, taking turns, so
+     * that listings never hold the loop up for longer whatever their number. */
     repl_scan *s = r->scans;
-    while (s) {
-        repl_scan *next = s->next;
+    if (s && s->next) {
+        r->scans = s->next; /* s goes to the back of the line */
+        repl_scan *t = r->scans;
+        while (t->next)
+            t = t->next;
+        t->next = s;
+        s->next = NULL;
+    }
+    if (s) {
         bool done = false;
         int rc = r->closing ? KV_ECLOSED : kv_list_scan_step(s->scan, r->store, &done);
         if (rc != KV_OK || done) {
@@ -431,17 +494,25 @@ static void on_scan_idle(uv_idle_t *h)
             }
             scan_free(r, s);
         }
-        s = next;
     }
     if (!r->scans)
         uv_idle_stop(&r->scan_idle);
 }
 
-static void start_scan(kv_repl *r, const char *to, const kv_repl_msg *m)
+static void start_scan(kv_repl *r, const char *to, const kv_repl_msg *in)
 {
-    repl_scan *s = calloc(1, sizeof(*s));
-    if (s)
-        s->scan = kv_list_scan_new(m);
+    kv_repl_msg lm = *in;
+    const kv_repl_msg *m = &lm;
+    if (lm.limit > KV_LIST_MAX_LIMIT) /* no client page is longer */
+        lm.limit = KV_LIST_MAX_LIMIT;
+    repl_scan *s = NULL;
+    if (r->n_scans >= REPL_MAX_SCANS) {
+        r->scans_refused++; /* busy: the requester answers 503 and its client retries */
+    } else {
+        s = calloc(1, sizeof(*s));
+        if (s)
+            s->scan = kv_list_scan_new(m);
+    }
     if (!s || !s->scan) {
         free(s);
         if (to) {
@@ -458,6 +529,7 @@ static void start_scan(kv_repl *r, const char *to, const kv_repl_msg *m)
     snprintf(s->to, sizeof(s->to), "%s", to ? to : "");
     s->next = r->scans;
     r->scans = s;
+    r->n_scans++;
     r->pending++;
     uv_idle_start(&r->scan_idle, on_scan_idle);
 }
@@ -606,8 +678,8 @@ static void repl_drain(kv_repl *r)
                     serve_read(r, true, NULL, &e.msg);
             } else {
                 const char *addr = member_addr(r, &e.to);
-                if (addr)
-                    send_to_addr(r, addr, &e.msg);
+                if (!addr || send_to_addr(r, addr, &e.msg) != KV_OK)
+                    r->send_drops++; /* the request times out (and hints) */
             }
             break;
         case KV_COORD_REPLY:
@@ -711,6 +783,30 @@ static void update_liveness(kv_repl *r)
     }
 }
 
+/* Forget the batch state of addresses no member has any more (restarts on new ports, new
+ * IPs): the table must not grow with every address ever seen. */
+static void prune_peers(kv_repl *r)
+{
+    const swim_t *core = kv_membership_core(r->memb);
+    size_t n = swim_member_count(core);
+    for (int b = 0; b < REPL_PEER_BUCKETS; b++) {
+        repl_peer **pp = &r->peers[b];
+        while (*pp) {
+            repl_peer *p = *pp;
+            bool known = p->open;
+            for (size_t i = 0; i < n && !known; i++)
+                known = strcmp(swim_member_at(core, i)->node.addr, p->addr) == 0;
+            if (known) {
+                pp = &p->next;
+                continue;
+            }
+            *pp = p->next;
+            kv_buf_free(&p->buf);
+            free(p);
+        }
+    }
+}
+
 static void on_members_changed(void *arg)
 {
     kv_repl *r = arg;
@@ -718,6 +814,7 @@ static void on_members_changed(void *arg)
         return;
     rebuild_ring(r);
     update_liveness(r);
+    prune_peers(r);
     repl_drain(r);
 }
 
@@ -866,10 +963,10 @@ void kv_repl_handle_kv(kv_repl *r, kv_http_req *req, const uint8_t *key, size_t 
     cr.n_targets = (uint32_t)k;
     int rc = kv_coord_submit(r->coord, uv_now(r->loop), wall_ms(), &cr);
     if (rc != KV_OK) {
-        if (rc == KV_EINVAL)
-            kv_http_respond_problem(req, 400, "invalid_key", "the key is not valid");
-        else
-            kv_http_respond_problem(req, 500, "internal", kv_strerror(rc));
+        /* The key was checked already: anything refused here is our bug. */
+        kv_log_error("coordinator refused a request", KV_ERR(rc), KV_UINT("n", cr.n),
+                     KV_UINT("need", cr.need), KV_UINT("targets", cr.n_targets));
+        kv_http_respond_problem(req, 500, "internal", kv_strerror(rc));
         return;
     }
     repl_drain(r);
@@ -884,6 +981,8 @@ static void on_list_closed(uv_handle_t *h)
     repl_list_req *l = h->data;
     kv_repl *r = l->r;
     kv_list_merge_free(l->merge);
+    free(l->asked_ids);
+    free(l->answered_ids);
     free(l);
     r->pending--;
     repl_maybe_closed(r);
@@ -935,6 +1034,10 @@ static void list_on_answer(kv_repl *r, uint64_t req_id, const swim_member_id *fr
         return;
     l->answered_ids[i] = true;
     l->waiting--;
+    if (n > l->limit) { /* more than asked: keep what was asked for, the rest may follow */
+        n = l->limit;
+        truncated = true;
+    }
     if (ok && kv_list_merge_add(l->merge, items, n, truncated) == KV_OK)
         l->answered++;
     if (l->waiting == 0)
@@ -967,10 +1070,19 @@ void kv_repl_handle_list(kv_repl *r, kv_http_req *req)
         return;
     }
     kv_buf_free(&err);
+    size_t members = kv_ring_member_count(r->ring);
     repl_list_req *l = calloc(1, sizeof(*l));
-    if (l)
+    if (l) {
         l->merge = kv_list_merge_new(p);
-    if (!l || !l->merge) {
+        l->asked_ids = calloc(members ? members : 1, sizeof(*l->asked_ids));
+        l->answered_ids = calloc(members ? members : 1, sizeof(*l->answered_ids));
+    }
+    if (!l || !l->merge || !l->asked_ids || !l->answered_ids) {
+        if (l) {
+            kv_list_merge_free(l->merge);
+            free(l->asked_ids);
+            free(l->answered_ids);
+        }
         free(l);
         free(p);
         kv_http_respond_problem(req, 500, "internal", "out of memory");
@@ -978,7 +1090,8 @@ void kv_repl_handle_list(kv_repl *r, kv_http_req *req)
     }
     l->r = r;
     l->http = req;
-    l->id = KV_REPL_REQ_LIST | ++r->next_list_id;
+    l->id = KV_REPL_REQ_LIST | (++r->next_list_id & ~KV_REPL_REQ_MASK);
+    l->limit = p->limit;
     uv_timer_init(r->loop, &l->timer);
     l->timer.data = l;
     r->pending++;
@@ -995,9 +1108,7 @@ void kv_repl_handle_list(kv_repl *r, kv_http_req *req)
                      .cursor_key = p->cursor_key,
                      .cursor_klen = p->cursor_klen};
     /* Every alive ring member holds some keys: ask them all (ourselves by a local scan). */
-    size_t members = kv_ring_member_count(r->ring);
-    size_t cap = sizeof(l->asked_ids) / sizeof(l->asked_ids[0]);
-    for (size_t i = 0; i < members && l->asked < cap; i++) {
+    for (size_t i = 0; i < members; i++) {
         const kv_ring_member *rm = kv_ring_member_at(r->ring, i);
         if (!member_alive(r, &rm->id))
             continue;
@@ -1008,8 +1119,8 @@ void kv_repl_handle_list(kv_repl *r, kv_http_req *req)
     for (uint32_t i = 0; i < l->asked && !l->done; i++) {
         if (swim_id_equal(&l->asked_ids[i], &r->self))
             start_scan(r, NULL, &m);
-        else
-            send_to_addr(r, member_addr(r, &l->asked_ids[i]), &m);
+        else if (send_to_addr(r, member_addr(r, &l->asked_ids[i]), &m) != KV_OK)
+            list_on_answer(r, l->id, &l->asked_ids[i], NULL, 0, false, false); /* failed */
     }
     free(p);
     if (l->asked == 0)
@@ -1109,6 +1220,12 @@ void kv_repl_publish_metrics(kv_repl *r)
                            r->rx_batches);
     kv_metrics_counter_set(mx, "kv_repl_messages_received_total", "Replica messages received.",
                            r->rx_msgs);
+    kv_metrics_counter_set(mx, "kv_repl_list_scans_refused_total",
+                           "Listing scans refused because REPL_MAX_SCANS were running.",
+                           r->scans_refused);
+    kv_metrics_counter_set(mx, "kv_repl_bad_hint_for_total",
+                           "Sloppy-quorum writes refused: their hint_for is not a ring member.",
+                           r->bad_hint_for);
     kv_metrics_counter_set(mx, "kv_ring_changes_total", "Times the ring changed.",
                            r->ring_rebuilds);
     if (r->ring)
@@ -1168,7 +1285,13 @@ int kv_repl_start(kv_repl **out, uv_loop_t *loop, const kv_config *cfg, kv_store
     uv_prepare_start(&r->prep, on_prepare);
     uv_idle_init(loop, &r->scan_idle);
     r->scan_idle.data = r;
-    /* The hint store and the data never hand out versions below what is stored. */
+    /* Request ids start at random: answers to a previous run of this node may still be
+     * queued at peers and must not match new requests. */
+    uint64_t seed = 0;
+    if (getrandom(&seed, sizeof(seed), GRND_NONBLOCK) != (ssize_t)sizeof(seed))
+        seed = uv_hrtime() ^ ((uint64_t)getpid() << 32);
+    kv_coord_seed_ids(r->coord, seed);
+    r->next_list_id = seed >> 20;
     rebuild_ring(r);
     update_liveness(r);
     kv_membership_hooks hk = {.on_repl = on_repl_recv, .on_change = on_members_changed, .arg = r};
@@ -1224,7 +1347,13 @@ void kv_repl_close(kv_repl *r, void (*done)(void *arg), void *arg)
     r->close_cb = done;
     r->close_arg = arg;
     flush_all(r);
-    /* Requests still open: the coordinator is freed; clients still waiting get 503. */
+    /* Requests still open (the HTTP drain answered every client, so these are writes
+     * waiting on slow replicas, and reads waiting to repair): end them now, so that the
+     * writes' hints for replicas that did not acknowledge reach the hint store before it
+     * closes. */
+    kv_coord_tick(r->coord, UINT64_MAX, wall_ms());
+    repl_drain(r);
+    flush_all(r);
     kv_coord *c = r->coord;
     r->coord = NULL;
     kv_coord_free(c);

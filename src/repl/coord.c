@@ -304,6 +304,13 @@ void kv_coord_free(kv_coord *c)
     free(c);
 }
 
+void kv_coord_seed_ids(kv_coord *c, uint64_t seed)
+{
+    c->next_gen = seed & COORD_GEN_MASK;
+    if (c->next_gen == 0)
+        c->next_gen = 1;
+}
+
 void kv_coord_observe(kv_coord *c, const kv_version *v, uint64_t wall_ms)
 {
     kv_hlc_observe(&c->hlc, v, wall_ms);

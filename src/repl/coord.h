@@ -124,6 +124,14 @@ typedef struct kv_coord_effect {
 kv_coord *kv_coord_new(uint32_t node_id);
 void kv_coord_free(kv_coord *c);
 
+/*
+ * Start request ids from seed (a random number from the adapter; default 1). Answers to a
+ * previous run of this node can still be queued at peers when it restarts quickly; with
+ * ids that start where the last run's did, such an answer could match a new request in
+ * the same slot. Call before the first submit.
+ */
+void kv_coord_seed_ids(kv_coord *c, uint64_t seed);
+
 /* Merge a version seen elsewhere (e.g. the local store's newest at start). */
 void kv_coord_observe(kv_coord *c, const kv_version *v, uint64_t wall_ms);
 

@@ -370,6 +370,8 @@ typedef struct hint_op {
     kv_hints *h;
     pend_ent *pe;
     op_kind kind;
+    void (*done)(void *arg, int status); /* OP_ADD: kv_hints_add_durable's completion */
+    void *done_arg;
 } hint_op;
 
 struct kv_hints {
@@ -600,16 +602,21 @@ static void op_cb(void *arg, int status, const kv_version *ver)
             warn_limited(h, &h->w_disk, "hint store write failed");
     }
     pend_unref(h, op->pe);
+    if (op->done) /* KV_ESTALE: a same-or-newer hint is held, which is as good */
+        op->done(op->done_arg, status == KV_ESTALE ? KV_OK : status);
     free(op);
 }
 
 /* Start a store_apply of key under an op of this kind. KV_OK or the immediate error. */
 static int apply_op(kv_hints *h, op_kind kind, hc_target *t, const uint8_t *key, size_t klen,
-                    const void *val, size_t vlen, const kv_version *ver, bool tomb)
+                    const void *val, size_t vlen, const kv_version *ver, bool tomb,
+                    void (*done)(void *, int), void *done_arg)
 {
     hint_op *op = calloc(1, sizeof(*op));
     if (!op)
         return KV_ENOMEM;
+    op->done = done;
+    op->done_arg = done_arg;
     pend_ent *pe = pend_ref(h, key, klen);
     if (!pe) {
         free(op);
@@ -650,7 +657,7 @@ static void remove_hint(kv_hints *h, hc_target *t, const uint8_t *key, size_t kl
     if (!live_hint(h, key, klen, &m) || kv_version_cmp(&m.ver, upto) > 0)
         return; /* already gone, or a newer hint arrived: it stays */
     kv_version tv = successor(&m.ver);
-    int rc = apply_op(h, kind, t, key, klen, NULL, 0, &tv, true);
+    int rc = apply_op(h, kind, t, key, klen, NULL, 0, &tv, true, NULL, NULL);
     if (rc != KV_OK && rc != KV_ECLOSED) {
         h->st.write_errors++;
         warn_limited(h, &h->w_disk, "hint removal failed");
@@ -666,6 +673,12 @@ static void bad_hint(kv_hints *h, hc_target *t, const uint8_t *key, size_t klen,
 }
 
 int kv_hints_add(kv_hints *h, const swim_member_id *target, const kv_repl_msg *w)
+{
+    return kv_hints_add_durable(h, target, w, NULL, NULL);
+}
+
+int kv_hints_add_durable(kv_hints *h, const swim_member_id *target, const kv_repl_msg *w,
+                         void (*done)(void *arg, int status), void *arg)
 {
     if (!h || !target || !w)
         return KV_EINVAL;
@@ -704,7 +717,8 @@ int kv_hints_add(kv_hints *h, const swim_member_id *target, const kv_repl_msg *w
     put_u64le(p + 2, w->expiry_ms);
     if (w->vlen)
         memcpy(p + HINT_HDR_LEN, w->value, w->vlen);
-    int rc = apply_op(h, OP_ADD, NULL, h->kbuf, klen, p, HINT_HDR_LEN + w->vlen, &w->ver, false);
+    int rc = apply_op(h, OP_ADD, NULL, h->kbuf, klen, p, HINT_HDR_LEN + w->vlen, &w->ver, false,
+                      done, arg);
     switch (rc) {
     case KV_OK:
         h->st.added++;

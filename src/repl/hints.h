@@ -50,13 +50,13 @@ typedef struct kv_hints_opts {
     const char *dir; /* the hints directory (created if missing) */
     kv_sync_mode sync;
     uint64_t sync_interval_ms;
-    uint64_t max_value;     /* largest user value a hint may carry */
-    uint32_t node_id;       /* for the hint store's own clock */
-    uint64_t max_count;     /* hints held, at most (0 = 1,000,000) */
-    uint64_t max_bytes;     /* key + value bytes held, at most (0 = 1 GiB) */
-    uint32_t max_pending;   /* hint writes waiting for the disk, at most (0 = 10,000) */
-    uint32_t window;        /* deliveries in flight per target (0 = 64) */
-    uint64_t retry_ms;      /* resend an unacknowledged delivery after this (0 = 2,000) */
+    uint64_t max_value;   /* largest user value a hint may carry */
+    uint32_t node_id;     /* for the hint store's own clock */
+    uint64_t max_count;   /* hints held, at most (0 = 1,000,000) */
+    uint64_t max_bytes;   /* key + value bytes held, at most (0 = 1 GiB) */
+    uint32_t max_pending; /* hint writes waiting for the disk, at most (0 = 10,000) */
+    uint32_t window;      /* deliveries in flight per target (0 = 64) */
+    uint64_t retry_ms;    /* resend an unacknowledged delivery after this (0 = 2,000) */
 } kv_hints_opts;
 
 /* Open (or create) the hint store; blocking, like store_open. KV_OK or the store's error. */
@@ -73,6 +73,13 @@ int kv_hints_open(kv_hints **out, uv_loop_t *loop, const kv_hints_opts *opts,
  */
 int kv_hints_add(kv_hints *h, const swim_member_id *target, const kv_repl_msg *write);
 
+/* kv_hints_add, and when it returns KV_OK, done(arg, status) later (on the loop, never
+ * from inside this call) once the hint is as durable as the sync mode promises: KV_OK, or
+ * the disk's error (KV_EIO, KV_ENOSPC). A sloppy-quorum fallback acknowledges the write
+ * only then. */
+int kv_hints_add_durable(kv_hints *h, const swim_member_id *target, const kv_repl_msg *write,
+                         void (*done)(void *arg, int status), void *arg);
+
 /* Liveness of a member as membership sees it (alive or suspect = true). Starts or stops
  * delivery to it. Call on every change; calling again with the same value is harmless. */
 void kv_hints_member_alive(kv_hints *h, const swim_member_id *id, bool alive);
@@ -84,14 +91,14 @@ void kv_hints_on_ack(kv_hints *h, const swim_member_id *from, const kv_repl_msg 
 uint64_t kv_hints_count_for(kv_hints *h, const swim_member_id *target);
 
 typedef struct kv_hints_stats {
-    uint64_t count, bytes;  /* held now */
-    uint64_t added;         /* accepted by kv_hints_add */
-    uint64_t dropped_full;  /* refused: over a bound */
-    uint64_t delivered;     /* acknowledged by their target and removed */
-    uint64_t sent;          /* delivery WRITEs sent (retries included) */
-    uint64_t write_errors;  /* hint writes the disk refused */
-    uint64_t targets;       /* members with hints held */
-    uint64_t corrupt;       /* stored hints that did not parse: skipped, logged, removed */
+    uint64_t count, bytes; /* held now */
+    uint64_t added;        /* accepted by kv_hints_add */
+    uint64_t dropped_full; /* refused: over a bound */
+    uint64_t delivered;    /* acknowledged by their target and removed */
+    uint64_t sent;         /* delivery WRITEs sent (retries included) */
+    uint64_t write_errors; /* hint writes the disk refused */
+    uint64_t targets;      /* members with hints held */
+    uint64_t corrupt;      /* stored hints that did not parse: skipped, logged, removed */
 } kv_hints_stats;
 void kv_hints_get_stats(kv_hints *h, kv_hints_stats *out);
 
