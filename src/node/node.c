@@ -306,6 +306,9 @@ static void handle_request(kv_http_req *req, void *arg)
         req->route = "readyz";
         if (req->method != HTTP_GET)
             respond_method_not_allowed(req, method_allow_get);
+        else if (n->state == NODE_SERVING && n->repl && kv_repl_joining(n->repl))
+            kv_http_respond_problem(req, 503, "not_ready",
+                                    "joining the cluster: no seed has answered yet");
         else if (n->state == NODE_SERVING)
             respond_json(req, 200, "{\"status\":\"ready\"}");
         else if (n->state == NODE_SHUTTING_DOWN)

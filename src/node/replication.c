@@ -50,6 +50,7 @@
 #define REPL_BATCH_BYTES   (1u << 20) /* start a new batch past this */
 #define REPL_PEER_BUCKETS  64
 #define REPL_MAX_FALLBACKS 8
+#define REPL_JOIN_WAIT_MS  10000       /* see repl_joining */
 #define REPL_MAX_SCANS     16          /* local listing scans at once (peers' LISTs included) */
 #define REPL_KEEP_BUF      (64u << 10) /* a peer's batch buffer above this is freed after use */
 
@@ -129,6 +130,8 @@ struct kv_repl {
     uint64_t next_list_id;
     repl_scan *scans;
 
+    bool wait_for_join; /* cluster.seeds names another node and none is known yet */
+    uint64_t start_ms;
     bool closing;
     int pending; /* store applies in flight, scans, list requests, handles */
     void (*close_cb)(void *);
@@ -893,12 +896,51 @@ static int request_need(kv_repl *r, kv_http_req *req, bool read, uint32_t n_eff,
     return d > (int)n_eff ? (int)n_eff : d;
 }
 
-void kv_repl_handle_kv(kv_repl *r, kv_http_req *req, const uint8_t *key, size_t klen)
+/*
+ * A node started with seeds knows only itself until a seed answers. Coordinating then
+ * would place keys on a one-member ring (every write on this node alone, at a quorum
+ * capped to 1) and the cluster would not find them later. So until another member is
+ * known it answers 503 not_ready — for at most REPL_JOIN_WAIT_MS: a node whose seeds
+ * stay unreachable then serves on its own (logged), as a first node of a cluster would.
+ */
+bool kv_repl_joining(kv_repl *r)
+{
+    if (!r->wait_for_join)
+        return false;
+    if (swim_member_count(kv_membership_core(r->memb)) > 1) {
+        r->wait_for_join = false;
+        return false;
+    }
+    if (uv_now(r->loop) - r->start_ms >= REPL_JOIN_WAIT_MS) {
+        r->wait_for_join = false;
+        kv_log_warn("no seed answered: serving on our own; keys written now are placed as if "
+                    "this node were the whole cluster",
+                    KV_STR("seeds", r->cfg->cluster_seeds),
+                    KV_UINT("waited_ms", REPL_JOIN_WAIT_MS));
+        return false;
+    }
+    return true;
+}
+
+static bool refuse_unready(kv_repl *r, kv_http_req *req)
 {
     if (r->closing || !r->ring) {
         kv_http_respond_problem(req, 503, "shutting_down", "the node is shutting down");
-        return;
+        return true;
     }
+    if (kv_repl_joining(r)) {
+        kv_http_header h[] = {{"Retry-After", "1"}};
+        kv_http_respond_problem_headers(req, 503, "not_ready",
+                                        "joining the cluster: no seed has answered yet", h, 1);
+        return true;
+    }
+    return false;
+}
+
+void kv_repl_handle_kv(kv_repl *r, kv_http_req *req, const uint8_t *key, size_t klen)
+{
+    if (refuse_unready(r, req))
+        return;
     bool read = req->method == HTTP_GET;
     uint32_t members = (uint32_t)kv_ring_member_count(r->ring);
     uint32_t n = (uint32_t)r->cfg->replication_n;
@@ -1053,10 +1095,8 @@ void kv_repl_handle_list(kv_repl *r, kv_http_req *req)
                                         1);
         return;
     }
-    if (r->closing || !r->ring) {
-        kv_http_respond_problem(req, 503, "shutting_down", "the node is shutting down");
+    if (refuse_unready(r, req))
         return;
-    }
     kv_list_params *p = malloc(sizeof(*p));
     kv_buf err = KV_BUF_INIT;
     if (!p) {
@@ -1291,6 +1331,17 @@ int kv_repl_start(kv_repl **out, uv_loop_t *loop, const kv_config *cfg, kv_store
     if (getrandom(&seed, sizeof(seed), GRND_NONBLOCK) != (ssize_t)sizeof(seed))
         seed = uv_hrtime() ^ ((uint64_t)getpid() << 32);
     kv_coord_seed_ids(r->coord, seed);
+    r->start_ms = uv_now(loop);
+    /* Seeds other than ourselves: wait for one to answer before coordinating. */
+    const char *adv = kv_membership_advertise(memb);
+    for (const char *sp = cfg->cluster_seeds; *sp;) {
+        while (*sp == ',' || *sp == ' ')
+            sp++;
+        size_t len = strcspn(sp, ", ");
+        if (len && !(strlen(adv) == len && memcmp(sp, adv, len) == 0))
+            r->wait_for_join = true;
+        sp += len;
+    }
     r->next_list_id = seed >> 20;
     rebuild_ring(r);
     update_liveness(r);

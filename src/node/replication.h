@@ -36,6 +36,10 @@ void kv_repl_handle_list(kv_repl *r, kv_http_req *req);
 /* GET /v1/cluster/ring — answers req. */
 void kv_repl_handle_ring(kv_repl *r, kv_http_req *req);
 
+/* True while the node was started with seeds and has not met another member yet (for at
+ * most 10 s): key requests then answer 503 not_ready, and so does /readyz. */
+bool kv_repl_joining(kv_repl *r);
+
 /* Write counters and gauges into the metrics registry (before rendering /metrics). */
 void kv_repl_publish_metrics(kv_repl *r);
 
