@@ -1309,6 +1309,8 @@ int kv_repl_start(kv_repl **out, uv_loop_t *loop, const kv_config *cfg, kv_store
         .node_id = node_id,
         .max_count = (uint64_t)cfg->replication_hints_max_count,
         .max_bytes = cfg->replication_hints_max_bytes,
+        /* 0 in the config means no hints at all (the hint store's 0 means its default) */
+        .keep_none = cfg->replication_hints_max_count == 0 || cfg->replication_hints_max_bytes == 0,
     };
     kv_hints_io io = {.send = hints_send, .arg = r};
     int rc = kv_hints_open(&r->hints, loop, &ho, &io);

@@ -379,6 +379,7 @@ struct kv_hints {
     kv_store *store;
     kv_hints_io io;
     uint64_t max_count, max_bytes, max_value;
+    bool keep_none;
     uint32_t max_pending;
     hc_core core;
     uv_idle_t idle;
@@ -702,8 +703,8 @@ int kv_hints_add_durable(kv_hints *h, const swim_member_id *target, const kv_rep
     uint64_t old = held ? klen + m.vlen : 0;
     if (old > h->st.bytes)
         old = h->st.bytes;
-    if (h->pending_adds >= h->max_pending || (!held && h->st.count >= h->max_count) ||
-        h->st.bytes - old + rec > h->max_bytes) {
+    if (h->keep_none || h->pending_adds >= h->max_pending ||
+        (!held && h->st.count >= h->max_count) || h->st.bytes - old + rec > h->max_bytes) {
         h->st.dropped_full++;
         warn_limited(h, &h->w_full, "hint store full: hints dropped");
         return KV_EUNAVAIL;
@@ -1014,6 +1015,7 @@ int kv_hints_open(kv_hints **out, uv_loop_t *loop, const kv_hints_opts *opts, co
     h->io = *io;
     h->max_value = opts->max_value ? opts->max_value : KV_REPL_VALUE_MAX;
     h->max_count = opts->max_count ? opts->max_count : 1000000u;
+    h->keep_none = opts->keep_none;
     h->max_bytes = opts->max_bytes ? opts->max_bytes : (1ull << 30);
     h->max_pending = opts->max_pending ? opts->max_pending : 10000u;
     hc_init(&h->core, opts->window, opts->retry_ms, HINT_MAX_BACKOFF);

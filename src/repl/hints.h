@@ -57,6 +57,8 @@ typedef struct kv_hints_opts {
     uint32_t max_pending; /* hint writes waiting for the disk, at most (0 = 10,000) */
     uint32_t window;      /* deliveries in flight per target (0 = 64) */
     uint64_t retry_ms;    /* resend an unacknowledged delivery after this (0 = 2,000) */
+    bool keep_none;       /* hinted handoff off: every kv_hints_add is refused (dropped,
+                             counted); held hints are still delivered */
 } kv_hints_opts;
 
 /* Open (or create) the hint store; blocking, like store_open. KV_OK or the store's error. */
