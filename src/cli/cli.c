@@ -730,12 +730,15 @@ static int cmd_health(cli_ctx *x)
     return KV_EXIT_ERROR;
 }
 
-static int cmd_members(cli_ctx *x)
+/* GET path (a JSON object): printed as it is with --json, else as a table by print; what
+ * names the object in the error for a body print cannot read. */
+static int cmd_show_json(cli_ctx *x, const char *path,
+                         int (*print)(const char *body, size_t len, FILE *out), const char *what)
 {
     int status = 0;
     char *body = NULL;
     size_t blen = 0;
-    int rc = kv_client_raw_get(x->client, CLI_MEMBERS_PATH, &status, &body, &blen);
+    int rc = kv_client_raw_get(x->client, path, &status, &body, &blen);
     if (rc != KV_OK)
         return fail(x, NULL, rc, NULL);
     if (status != 200) {
@@ -745,35 +748,24 @@ static int cmd_members(cli_ctx *x)
     if (x->a.json) {
         fwrite(body, 1, blen, stdout); /* already one JSON object */
         fputc('\n', stdout);
-    } else if (cli_members_print_table(body, blen, stdout) != 0) {
+    } else if (print(body, blen, stdout) != 0) {
         free(body);
-        return fail(x, NULL, KV_EPROTO, "the server's member list is not in the expected format");
+        char msg[120];
+        snprintf(msg, sizeof(msg), "the server's %s is not in the expected format", what);
+        return fail(x, NULL, KV_EPROTO, msg);
     }
     free(body);
     return finish(x, NULL);
 }
 
+static int cmd_members(cli_ctx *x)
+{
+    return cmd_show_json(x, CLI_MEMBERS_PATH, cli_members_print_table, "member list");
+}
+
 static int cmd_ring(cli_ctx *x)
 {
-    int status = 0;
-    char *body = NULL;
-    size_t blen = 0;
-    int rc = kv_client_raw_get(x->client, CLI_RING_PATH, &status, &body, &blen);
-    if (rc != KV_OK)
-        return fail(x, NULL, rc, NULL);
-    if (status != 200) {
-        free(body);
-        return fail(x, NULL, status == 503 ? KV_EUNAVAIL : KV_ESERVER, NULL);
-    }
-    if (x->a.json) {
-        fwrite(body, 1, blen, stdout); /* already one JSON object */
-        fputc('\n', stdout);
-    } else if (cli_ring_print_table(body, blen, stdout) != 0) {
-        free(body);
-        return fail(x, NULL, KV_EPROTO, "the server's ring is not in the expected format");
-    }
-    free(body);
-    return finish(x, NULL);
+    return cmd_show_json(x, CLI_RING_PATH, cli_ring_print_table, "ring");
 }
 
 static int cmd_list(cli_ctx *x)
