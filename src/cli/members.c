@@ -1,13 +1,15 @@
 /*
  * members.c — the `kvtool members` table (see members.h). Pure; any thread.
  *
- * The body is read with a small scanner rather than a JSON library: it finds the
- * top-level "members" array, splits it into its objects (strings and nesting respected)
- * and reads each object's fields with kvc_json_str_field and a number reader. Anything
- * unexpected makes the whole body "not understood" rather than a half-printed table.
+ * The body is read with the client library's small scanner (client/jscan.h) rather than
+ * a JSON library: it finds the top-level "members" array, splits it into its objects
+ * (strings and nesting respected) and reads each object's fields with kvc_json_str_field
+ * and kvc_jscan_literal. Anything unexpected makes the whole body "not understood" rather
+ * than a half-printed table.
  */
 #include "cli/members.h"
 
+#include "client/jscan.h"
 #include "client/json.h"
 
 #include <inttypes.h>
@@ -26,109 +28,6 @@ typedef struct member_row {
     char since[40];
     bool self;
 } member_row;
-
-static const char *skip_ws(const char *p, const char *end)
-{
-    while (p < end && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n'))
-        p++;
-    return p;
-}
-
-/* Past the JSON string starting at p (the opening quote); NULL if it does not end. */
-static const char *skip_string(const char *p, const char *end)
-{
-    for (p++; p < end; p++) {
-        if (*p == '\\')
-            p++;
-        else if (*p == '"')
-            return p + 1;
-    }
-    return NULL;
-}
-
-/* Past one JSON value at p (string, number, literal, array or object); NULL if broken. */
-static const char *skip_value(const char *p, const char *end)
-{
-    if (p >= end)
-        return NULL;
-    if (*p == '"')
-        return skip_string(p, end);
-    if (*p != '[' && *p != '{') {
-        while (p < end && *p != ',' && *p != '}' && *p != ']' && *p != ' ' && *p != '\n')
-            p++;
-        return p;
-    }
-    int depth = 0;
-    while (p < end) {
-        if (*p == '"') {
-            p = skip_string(p, end);
-            if (!p)
-                return NULL;
-            continue;
-        }
-        if (*p == '[' || *p == '{')
-            depth++;
-        else if (*p == ']' || *p == '}')
-            depth--;
-        p++;
-        if (depth == 0)
-            return p;
-    }
-    return NULL;
-}
-
-/* The value of the top-level member `name` of the object at [p, end): *vp and *vend. */
-static bool find_member(const char *p, const char *end, const char *name, const char **vp,
-                        const char **vend)
-{
-    p = skip_ws(p, end);
-    if (p >= end || *p != '{')
-        return false;
-    p++;
-    size_t nlen = strlen(name);
-    for (;;) {
-        p = skip_ws(p, end);
-        if (p >= end || *p != '"')
-            return false;
-        const char *k = p + 1, *kend = skip_string(p, end);
-        if (!kend)
-            return false;
-        p = skip_ws(kend, end);
-        if (p >= end || *p != ':')
-            return false;
-        p = skip_ws(p + 1, end);
-        const char *v = p;
-        p = skip_value(p, end);
-        if (!p)
-            return false;
-        if ((size_t)(kend - 1 - k) == nlen && memcmp(k, name, nlen) == 0) {
-            *vp = v;
-            *vend = p;
-            return true;
-        }
-        p = skip_ws(p, end);
-        if (p < end && *p == ',') {
-            p++;
-            continue;
-        }
-        return false;
-    }
-}
-
-/* A number or literal member as text ("3", "true"). */
-static bool literal_field(const char *obj, size_t len, const char *name, char *out, size_t cap)
-{
-    const char *v, *vend;
-    if (!find_member(obj, obj + len, name, &v, &vend) || v >= vend || *v == '"' || *v == '[' ||
-        *v == '{')
-        return false;
-    size_t n = (size_t)(vend - v);
-    if (n >= cap)
-        return false;
-    memcpy(out, v, n);
-    out[n] = '\0';
-    return true;
-}
 
 /* Control bytes would break the table (or the terminal): show them as '?'. */
 static void sanitize(char *s)
@@ -157,17 +56,17 @@ static void pad(FILE *out, const char *s, int w)
 
 static int parse_rows(const char *body, size_t len, member_row **rows_out, size_t *nrows)
 {
-    const char *end = body + len, *arr, *arrend;
-    if (!find_member(body, end, "members", &arr, &arrend) || *arr != '[')
+    const char *end = body + len, *arr, *arrend, *obj, *oend;
+    if (!kvc_jscan_member(body, end, "members", &arr, &arrend) || *arr != '[')
         return -1;
     size_t cap = 16, n = 0;
     member_row *rows = calloc(cap, sizeof(*rows));
     if (!rows)
         return -1;
-    const char *p = skip_ws(arr + 1, arrend);
-    while (p < arrend && *p != ']') {
-        const char *obj = p, *oend = skip_value(p, arrend);
-        if (*obj != '{' || !oend || n == MEMBERS_MAX)
+    const char *it = arr;
+    int more;
+    while ((more = kvc_jscan_next(&it, arrend, &obj, &oend)) == 1) {
+        if (*obj != '{' || n == MEMBERS_MAX)
             goto bad;
         if (n == cap) {
             member_row *nr = realloc(rows, 2 * cap * sizeof(*rows));
@@ -183,22 +82,22 @@ static int parse_rows(const char *body, size_t len, member_row **rows_out, size_
         if (!kvc_json_str_field(obj, ol, "name", r->name, sizeof(r->name)) ||
             !kvc_json_str_field(obj, ol, "address", r->address, sizeof(r->address)) ||
             !kvc_json_str_field(obj, ol, "state", r->state, sizeof(r->state)) ||
-            !literal_field(obj, ol, "incarnation", r->incarnation, sizeof(r->incarnation)))
+            !kvc_jscan_literal(obj, oend, "incarnation", r->incarnation, sizeof(r->incarnation)))
             goto bad;
         if (!kvc_json_str_field(obj, ol, "ring_status", r->ring, sizeof(r->ring)))
             snprintf(r->ring, sizeof(r->ring), "-");
         if (!kvc_json_str_field(obj, ol, "since", r->since, sizeof(r->since)))
             snprintf(r->since, sizeof(r->since), "-");
-        r->self = literal_field(obj, ol, "self", self, sizeof(self)) && strcmp(self, "true") == 0;
+        r->self =
+            kvc_jscan_literal(obj, oend, "self", self, sizeof(self)) && strcmp(self, "true") == 0;
         sanitize(r->name);
         sanitize(r->address);
         sanitize(r->state);
         sanitize(r->ring);
         sanitize(r->since);
-        p = skip_ws(oend, arrend);
-        if (p < arrend && *p == ',')
-            p = skip_ws(p + 1, arrend);
     }
+    if (more != 0)
+        goto bad; /* an element not followed by ',' or ']', or a trailing comma */
     *rows_out = rows;
     *nrows = n;
     return 0;

@@ -7,7 +7,7 @@
  */
 #include "cli/ring.h"
 
-#include "cli/jscan.h"
+#include "client/jscan.h"
 #include "client/json.h"
 
 #include <stdbool.h>
@@ -29,7 +29,7 @@ static bool number_field(const char *obj, const char *end, const char *name, dou
                          double *out)
 {
     char text[40], *stop;
-    if (!cli_jscan_literal(obj, end, name, text, sizeof(text)))
+    if (!kvc_jscan_literal(obj, end, name, text, sizeof(text)))
         return false;
     double v = strtod(text, &stop);
     if (*stop != '\0' || stop == text || !(v >= lo && v <= hi))
@@ -77,7 +77,7 @@ static bool parse_row(const char *obj, const char *end, ring_row *r)
         !number_field(obj, end, "primary_share", 0, 1, &r->primary) ||
         !number_field(obj, end, "replica_share", 0, 1, &r->replica) ||
         !number_field(obj, end, "tokens", 0, 1e9, &tokens) ||
-        !cli_jscan_literal(obj, end, "self", self, sizeof(self)))
+        !kvc_jscan_literal(obj, end, "self", self, sizeof(self)))
         return false;
     r->tokens = (unsigned long)tokens;
     r->self = strcmp(self, "true") == 0;
@@ -91,7 +91,7 @@ static int parse_rows(const char *body, size_t len, ring_row **rows_out, size_t 
 {
     const char *end = body + len, *arr, *arrend, *obj, *oend;
     if (!number_field(body, end, "replicas", 1, 1e6, replicas) ||
-        !cli_jscan_member(body, end, "members", &arr, &arrend) || *arr != '[')
+        !kvc_jscan_member(body, end, "members", &arr, &arrend) || *arr != '[')
         return -1;
     size_t cap = 16, n = 0;
     ring_row *rows = malloc(cap * sizeof(*rows));
@@ -99,7 +99,7 @@ static int parse_rows(const char *body, size_t len, ring_row **rows_out, size_t 
         return -1;
     const char *it = arr;
     int more;
-    while ((more = cli_jscan_next(&it, arrend, &obj, &oend)) == 1) {
+    while ((more = kvc_jscan_next(&it, arrend, &obj, &oend)) == 1) {
         if (*obj != '{' || n == RING_ROWS_MAX)
             goto bad;
         if (n == cap) {

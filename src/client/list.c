@@ -3,11 +3,13 @@
  *
  * The body comes from the network: every step checks the end of input, nesting is only
  * counted (never recursed into), and anything that is not a page is KV_EPROTO rather than
- * a half-filled result. String members are decoded by kvc_json_str_field; this file only
- * finds the "keys" array, walks its objects and tells a null cursor from a string one.
+ * a half-filled result. The scanning is client/jscan.h's and string members are decoded by
+ * kvc_json_str_field; this file only finds the "keys" array, walks its objects and tells a
+ * null cursor from a string one.
  */
 #include "client/list.h"
 
+#include "client/jscan.h"
 #include "client/json.h"
 #include "common/hex.h"
 
@@ -17,97 +19,6 @@
 
 /* A cursor is 16 + 1 + 2 * 1024 characters today; leave room for a future format. */
 #define LIST_CURSOR_MAX 4096
-
-static const char *skip_ws(const char *p, const char *end)
-{
-    while (p < end && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n'))
-        p++;
-    return p;
-}
-
-/* Past the string at p (its opening quote); NULL if it does not end. */
-static const char *skip_string(const char *p, const char *end)
-{
-    for (p++; p < end; p++) {
-        if (*p == '\\') {
-            p++;
-            if (p >= end)
-                return NULL;
-        } else if (*p == '"') {
-            return p + 1;
-        }
-    }
-    return NULL;
-}
-
-/* Past the value at p (string, number, literal, object or array); NULL if broken. */
-static const char *skip_value(const char *p, const char *end)
-{
-    if (p >= end)
-        return NULL;
-    if (*p == '"')
-        return skip_string(p, end);
-    if (*p != '{' && *p != '[') {
-        const char *start = p;
-        while (p < end && *p != ',' && *p != '}' && *p != ']' && *p != ' ' && *p != '\t' &&
-               *p != '\r' && *p != '\n')
-            p++;
-        return p > start ? p : NULL;
-    }
-    size_t depth = 0;
-    while (p < end) {
-        if (*p == '"') {
-            p = skip_string(p, end);
-            if (!p)
-                return NULL;
-            continue;
-        }
-        if (*p == '{' || *p == '[') {
-            depth++;
-        } else if (*p == '}' || *p == ']') {
-            if (--depth == 0)
-                return p + 1;
-        }
-        p++;
-    }
-    return NULL;
-}
-
-/* The value of the member `name` of the object at p: [*v, *vend). */
-static bool find_member(const char *p, const char *end, const char *name, const char **v,
-                        const char **vend)
-{
-    p = skip_ws(p, end);
-    if (p >= end || *p != '{')
-        return false;
-    p = skip_ws(p + 1, end);
-    if (p < end && *p == '}')
-        return false;
-    size_t nlen = strlen(name);
-    for (;;) {
-        if (p >= end || *p != '"')
-            return false;
-        const char *k = p + 1, *kend = skip_string(p, end);
-        if (!kend)
-            return false;
-        p = skip_ws(kend, end);
-        if (p >= end || *p != ':')
-            return false;
-        const char *val = skip_ws(p + 1, end);
-        p = skip_value(val, end);
-        if (!p)
-            return false;
-        if ((size_t)(kend - 1 - k) == nlen && memcmp(k, name, nlen) == 0) {
-            *v = val;
-            *vend = p;
-            return true;
-        }
-        p = skip_ws(p, end);
-        if (p >= end || *p != ',')
-            return false;
-        p = skip_ws(p + 1, end);
-    }
-}
 
 /* Percent-decode s into out (at most cap bytes). Length, or -1 if malformed/too long. */
 static long pct_decode(const char *s, size_t n, char *out, size_t cap)
@@ -185,10 +96,10 @@ int kvc_list_parse(const char *json, size_t len, kv_client_list_page **out)
         return KV_EINVAL;
     const char *end = json + len, *arr, *arrend;
     /* One whole object and nothing after it: a cut-off body is not a shorter page. */
-    const char *start = skip_ws(json, end), *objend = skip_value(start, end);
-    if (start >= end || *start != '{' || !objend || skip_ws(objend, end) != end)
+    const char *start = kvc_jscan_skip_ws(json, end), *objend = kvc_jscan_skip_value(start, end);
+    if (start >= end || *start != '{' || !objend || kvc_jscan_skip_ws(objend, end) != end)
         return KV_EPROTO;
-    if (!find_member(json, end, "keys", &arr, &arrend) || *arr != '[')
+    if (!kvc_jscan_member(json, end, "keys", &arr, &arrend) || *arr != '[')
         return KV_EPROTO;
     kv_client_list_page *pg = calloc(1, sizeof(*pg));
     /* a percent-encoded key is at most three characters a byte; +2 tells a cut-off */
@@ -196,10 +107,10 @@ int kvc_list_parse(const char *json, size_t len, kv_client_list_page **out)
     char *enc = malloc(enc_cap > LIST_CURSOR_MAX + 2 ? enc_cap : LIST_CURSOR_MAX + 2);
     int rc = pg && enc ? KV_OK : KV_ENOMEM;
     size_t cap = 0;
-    const char *p = rc == KV_OK ? skip_ws(arr + 1, arrend) : arrend;
-    while (rc == KV_OK && p < arrend && *p != ']') {
-        const char *o = p, *oend = skip_value(p, arrend);
-        if (*o != '{' || !oend) {
+    const char *it = arr, *o, *oend;
+    int more = 0;
+    while (rc == KV_OK && (more = kvc_jscan_next(&it, arrend, &o, &oend)) == 1) {
+        if (*o != '{') {
             rc = KV_EPROTO;
             break;
         }
@@ -219,20 +130,13 @@ int kvc_list_parse(const char *json, size_t len, kv_client_list_page **out)
         if (rc != KV_OK)
             break;
         pg->nkeys++;
-        p = skip_ws(oend, arrend);
-        if (p < arrend && *p == ',') {
-            p = skip_ws(p + 1, arrend);
-            if (p < arrend && *p == ']')
-                rc = KV_EPROTO; /* a trailing comma */
-        } else if (p < arrend && *p != ']') {
-            rc = KV_EPROTO;
-        }
     }
-    if (rc == KV_OK && (p >= arrend || *p != ']'))
+    /* -1: an element not followed by ',' or ']', a missing element or a trailing comma */
+    if (rc == KV_OK && more != 0)
         rc = KV_EPROTO;
 
     const char *cv, *cvend;
-    if (rc == KV_OK && find_member(json, end, "next_cursor", &cv, &cvend) &&
+    if (rc == KV_OK && kvc_jscan_member(json, end, "next_cursor", &cv, &cvend) &&
         !((size_t)(cvend - cv) == 4 && memcmp(cv, "null", 4) == 0)) {
         if (*cv != '"' || !kvc_json_str_field(json, len, "next_cursor", enc, LIST_CURSOR_MAX + 2))
             rc = KV_EPROTO;
