@@ -141,6 +141,7 @@ struct kv_repl {
     uint64_t batches_sent, msgs_sent, send_drops, rx_batches, rx_msgs, rx_dropped;
     uint64_t applies_remote, reads_remote, hint_writes_refused, ring_rebuilds;
     uint64_t scans_refused, bad_hint_for;
+    uint64_t refused_not_alive; /* 503 before any replica was asked */
     size_t n_scans;
 };
 
@@ -596,11 +597,18 @@ static void on_repl_recv(void *arg, const uint8_t *data, size_t len)
 
 /* ---------- the coordinator's effects ---------- */
 
-static void respond_unavailable(kv_http_req *req, const char *reason, uint32_t answered,
-                                uint32_t needed)
+/* 503 unavailable with the counts; alive >= 0 when the request was refused before any
+ * replica was asked because fewer than `needed` of the key's replicas are alive. */
+static void respond_unavailable_alive(kv_http_req *req, const char *reason, uint32_t answered,
+                                      uint32_t needed, int alive, uint32_t replicas)
 {
     char detail[200];
-    if (strcmp(reason, "contended") == 0)
+    if (alive >= 0)
+        snprintf(detail, sizeof(detail),
+                 "only %d of the key's %" PRIu32 " replicas %s alive and the quorum needs %" PRIu32
+                 "; the request was not sent",
+                 alive, replicas, alive == 1 ? "is" : "are", needed);
+    else if (strcmp(reason, "contended") == 0)
         snprintf(detail, sizeof(detail),
                  "the write kept meeting newer concurrent writes of this key; %" PRIu32
                  " of %" PRIu32 " replicas acknowledged; retry",
@@ -616,11 +624,20 @@ static void respond_unavailable(kv_http_req *req, const char *reason, uint32_t a
         return;
     }
     body.len--; /* drop the closing brace, add the counts */
-    kv_buf_printf(&body, ",\"answered\":%" PRIu32 ",\"needed\":%" PRIu32 ",\"reason\":\"%s\"}",
+    kv_buf_printf(&body, ",\"answered\":%" PRIu32 ",\"needed\":%" PRIu32 ",\"reason\":\"%s\"",
                   answered, needed, reason);
+    if (alive >= 0)
+        kv_buf_printf(&body, ",\"alive\":%d", alive);
+    kv_buf_appends(&body, "}");
     kv_http_header h[] = {{"Retry-After", "1"}};
     kv_http_respond(req, 503, "application/problem+json", h, 1, body.data, body.len);
     kv_buf_free(&body);
+}
+
+static void respond_unavailable(kv_http_req *req, const char *reason, uint32_t answered,
+                                uint32_t needed)
+{
+    respond_unavailable_alive(req, reason, answered, needed, -1, 0);
 }
 
 static void format_etag(char *out, size_t cap, const kv_version *v)
@@ -1003,6 +1020,16 @@ void kv_repl_handle_kv(kv_repl *r, kv_http_req *req, const uint8_t *key, size_t 
     }
     cr.targets = targets;
     cr.n_targets = (uint32_t)k;
+    /* Fewer replicas alive than the quorum (and no fallback allowed to stand in): say so
+     * plainly rather than "0 answered". */
+    uint32_t alive = 0;
+    for (size_t i = 0; i < k && i < n_eff; i++)
+        alive += targets[i].alive;
+    if (!cr.sloppy && alive < (uint32_t)need) {
+        r->refused_not_alive++;
+        respond_unavailable_alive(req, "not_enough_replicas", 0, (uint32_t)need, (int)alive, n_eff);
+        return;
+    }
     int rc = kv_coord_submit(r->coord, uv_now(r->loop), wall_ms(), &cr);
     if (rc != KV_OK) {
         /* The key was checked already: anything refused here is our bug. */
@@ -1216,7 +1243,8 @@ void kv_repl_publish_metrics(kv_repl *r)
         kv_metrics_counter_set(mx, "kv_repl_writes_total",
                                "Replicated writes (puts and deletes) coordinated.", cs.writes);
         kv_metrics_counter_set(mx, "kv_repl_unavailable_total",
-                               "Requests answered 503: quorum not reached.", cs.unavailable);
+                               "Requests answered 503: quorum not reached.",
+                               cs.unavailable + r->refused_not_alive);
         kv_metrics_counter_set(mx, "kv_repl_timeouts_total",
                                "Requests whose quorum deadline passed.", cs.timeouts);
         kv_metrics_counter_set(mx, "kv_repl_version_bumps_total",
