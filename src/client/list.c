@@ -12,6 +12,7 @@
 #include "client/jscan.h"
 #include "client/json.h"
 #include "common/hex.h"
+#include "common/pct.h"
 
 #include <stdbool.h>
 #include <stdlib.h>
@@ -19,28 +20,6 @@
 
 /* A cursor is 16 + 1 + 2 * 1024 characters today; leave room for a future format. */
 #define LIST_CURSOR_MAX 4096
-
-/* Percent-decode s into out (at most cap bytes). Length, or -1 if malformed/too long. */
-static long pct_decode(const char *s, size_t n, char *out, size_t cap)
-{
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (c == '%') {
-            if (n - i < 3)
-                return -1;
-            int hi = kv_hexval(s[i + 1]), lo = kv_hexval(s[i + 2]);
-            if (hi < 0 || lo < 0)
-                return -1;
-            c = (char)(hi << 4 | lo);
-            i += 2;
-        }
-        if (o == cap)
-            return -1;
-        out[o++] = c;
-    }
-    return (long)o;
-}
 
 static bool url_safe(const char *s)
 {
@@ -75,9 +54,9 @@ static int parse_key(const char *o, const char *oend, char *enc, size_t enc_cap,
     size_t elen = strlen(enc);
     if (elen == 0 || elen >= enc_cap - 1) /* empty, or possibly cut short */
         return KV_EPROTO;
-    char raw[KV_CLIENT_LIST_KEY_MAX];
-    long klen = pct_decode(enc, elen, raw, sizeof(raw));
-    if (klen <= 0)
+    uint8_t raw[KV_CLIENT_LIST_KEY_MAX];
+    size_t klen = 0;
+    if (kv_pct_decode(enc, elen, raw, sizeof(raw), &klen, NULL) != KV_OK || klen == 0)
         return KV_EPROTO;
     if (!kvc_json_str_field(o, olen, "version", k->version, sizeof(k->version)))
         return KV_EPROTO;

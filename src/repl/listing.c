@@ -21,6 +21,7 @@
 #include "repl/listing.h"
 
 #include "common/hex.h"
+#include "common/pct.h"
 #include "common/log.h"
 #include "kvstore/error.h"
 
@@ -100,34 +101,6 @@ static bool wanted(const uint8_t *prefix, size_t plen, bool has_cursor, uint64_t
 
 /* ---- query ------------------------------------------------------------------------- */
 
-/* Percent-decode src[0..n) into out (cap bytes). '+' is a literal plus, as in a key's
- * path segment. 0, -1 for a bad escape (*at its offset), -2 when longer than cap. */
-static int pct_decode(const char *src, size_t n, uint8_t *out, size_t cap, size_t *len, size_t *at)
-{
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        uint8_t c = (uint8_t)src[i];
-        if (c == '%') {
-            if (n - i < 3) { /* needs two characters after the '%' */
-                *at = i;
-                return -1;
-            }
-            int h = kv_hexval(src[i + 1]), l = kv_hexval(src[i + 2]);
-            if (h < 0 || l < 0) {
-                *at = i;
-                return -1;
-            }
-            c = (uint8_t)(h << 4 | l);
-            i += 2;
-        }
-        if (o == cap)
-            return -2;
-        out[o++] = c;
-    }
-    *len = o;
-    return 0;
-}
-
 /* The cursor text: 16 hex digits of the hash, '-', the key's bytes in hex (2..2048). */
 static bool parse_cursor(const uint8_t *s, size_t n, kv_list_params *p)
 {
@@ -195,15 +168,15 @@ int kv_list_parse_query(const char *q, size_t qlen, kv_list_params *out, kv_buf 
                 break;
             }
             seen_prefix = true;
-            int rc = pct_decode(val, vlen, p->prefix, sizeof(p->prefix), &p->plen, &at);
-            if (rc == -1) {
+            int rc = kv_pct_decode(val, vlen, p->prefix, sizeof(p->prefix), &p->plen, &at);
+            if (rc == KV_EINVAL) {
                 snprintf(
                     msgbuf, sizeof(msgbuf),
                     "prefix: bad percent-encoding at character %zu of its value (a '%%' must be "
                     "followed by two hex digits)",
                     at + 1);
                 msg = msgbuf;
-            } else if (rc == -2) {
+            } else if (rc == KV_ETOOBIG) {
                 msg = "prefix: longer than the longest key (1024 bytes)";
             }
         } else if (nlen == 5 && memcmp(name, "limit", 5) == 0) {
@@ -231,8 +204,8 @@ int kv_list_parse_query(const char *q, size_t qlen, kv_list_params *out, kv_buf 
             }
             seen_cursor = true;
             /* Empty means "from the start", so a client loop may always send cursor=. */
-            int rc = pct_decode(val, vlen, tmp, 2 * KV_REPL_KEY_MAX + 17, &dlen, &at);
-            if (rc != 0 || (dlen > 0 && !parse_cursor(tmp, dlen, p)))
+            int rc = kv_pct_decode(val, vlen, tmp, 2 * KV_REPL_KEY_MAX + 17, &dlen, &at);
+            if (rc != KV_OK || (dlen > 0 && !parse_cursor(tmp, dlen, p)))
                 msg = "cursor: not a cursor returned by this API (pass next_cursor unchanged)";
         }
         /* anything else (r=, consistency=, ...) is not ours: ignored */
