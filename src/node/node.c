@@ -14,7 +14,7 @@
  */
 #include "node/node.h"
 
-#include "common/hex.h"
+#include "common/pct.h"
 #include "common/buf.h"
 #include "common/log.h"
 #include "http/metrics.h"
@@ -153,26 +153,15 @@ static void node_raise_fd_limit(const kv_config *cfg)
 
 /* ---------- request helpers ---------- */
 
-/* Percent-decode src[0..n) into out. A '%' not followed by two hex digits is an error.
- * '+' is a literal plus in a path. */
+/* The key of a /v1/kv/{key} path, percent-decoded into out (NUL-terminated). */
 static int percent_decode(const char *src, size_t n, kv_buf *out)
 {
     kv_buf_reset(out);
-    if (kv_buf_reserve(out, n))
+    if (kv_buf_reserve(out, n + 1))
         return KV_ENOMEM;
-    for (size_t i = 0; i < n; i++) {
-        char c = src[i];
-        if (c == '%') {
-            if (i + 2 >= n)
-                return KV_EINVAL;
-            int hi = kv_hexval(src[i + 1]), lo = kv_hexval(src[i + 2]);
-            if (hi < 0 || lo < 0)
-                return KV_EINVAL;
-            c = (char)(hi * 16 + lo);
-            i += 2;
-        }
-        out->data[out->len++] = c;
-    }
+    int rc = kv_pct_decode(src, n, (uint8_t *)out->data, n, &out->len, NULL);
+    if (rc != KV_OK)
+        return rc;
     out->data[out->len] = '\0';
     return KV_OK;
 }
@@ -287,11 +276,19 @@ static void handle_request(kv_http_req *req, void *arg)
         return;
     }
     if (strcmp(p, "/v1/kv") == 0) {
-        kv_repl_handle_list(n->repl, req);
+        req->route = "kv_list";
+        if (req->method != HTTP_GET)
+            respond_method_not_allowed(req, method_allow_get);
+        else
+            kv_repl_handle_list(n->repl, req);
         return;
     }
     if (strcmp(p, "/v1/cluster/ring") == 0) {
-        kv_repl_handle_ring(n->repl, req);
+        req->route = "cluster_ring";
+        if (req->method != HTTP_GET)
+            respond_method_not_allowed(req, method_allow_get);
+        else
+            kv_repl_handle_ring(n->repl, req);
         return;
     }
     if (strcmp(p, "/healthz") == 0) {

@@ -1115,13 +1115,6 @@ static void list_on_answer(kv_repl *r, uint64_t req_id, const swim_member_id *fr
 
 void kv_repl_handle_list(kv_repl *r, kv_http_req *req)
 {
-    req->route = "kv_list";
-    if (req->method != HTTP_GET) {
-        kv_http_header h[] = {{"Allow", "GET"}};
-        kv_http_respond_problem_headers(req, 405, "method_not_allowed", "allowed methods: GET", h,
-                                        1);
-        return;
-    }
     if (refuse_unready(r, req))
         return;
     kv_list_params *p = malloc(sizeof(*p));
@@ -1198,13 +1191,6 @@ void kv_repl_handle_list(kv_repl *r, kv_http_req *req)
 
 void kv_repl_handle_ring(kv_repl *r, kv_http_req *req)
 {
-    req->route = "cluster_ring";
-    if (req->method != HTTP_GET) {
-        kv_http_header h[] = {{"Allow", "GET"}};
-        kv_http_respond_problem_headers(req, 405, "method_not_allowed", "allowed methods: GET", h,
-                                        1);
-        return;
-    }
     if (!r->ring) {
         kv_http_respond_problem(req, 503, "not_ready", "the ring is not built yet");
         return;

@@ -30,10 +30,10 @@ int kv_repl_start(kv_repl **out, uv_loop_t *loop, const kv_config *cfg, kv_store
  * limits.max_key; method GET, PUT or DELETE. Answers req (now or later). */
 void kv_repl_handle_kv(kv_repl *r, kv_http_req *req, const uint8_t *key, size_t klen);
 
-/* GET /v1/kv (listing) — answers req. */
+/* GET /v1/kv (listing; the node has checked the method) — answers req. */
 void kv_repl_handle_list(kv_repl *r, kv_http_req *req);
 
-/* GET /v1/cluster/ring — answers req. */
+/* GET /v1/cluster/ring (the node has checked the method) — answers req. */
 void kv_repl_handle_ring(kv_repl *r, kv_http_req *req);
 
 /* True while the node was started with seeds and has not met another member yet (for at
