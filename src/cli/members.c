@@ -9,6 +9,8 @@
  */
 #include "cli/members.h"
 
+#include "cli/table.h"
+
 #include "client/jscan.h"
 #include "client/json.h"
 
@@ -28,31 +30,6 @@ typedef struct member_row {
     char since[40];
     bool self;
 } member_row;
-
-/* Control bytes would break the table (or the terminal): show them as '?'. */
-static void sanitize(char *s)
-{
-    for (; *s; s++)
-        if ((unsigned char)*s < 0x20 || *s == 0x7f)
-            *s = '?';
-}
-
-/* Display width of UTF-8 text: one column per character (good enough for names). */
-static int width(const char *s)
-{
-    int w = 0;
-    for (; *s; s++)
-        if (((unsigned char)*s & 0xc0) != 0x80)
-            w++;
-    return w;
-}
-
-static void pad(FILE *out, const char *s, int w)
-{
-    fputs(s, out);
-    for (int i = width(s); i < w; i++)
-        fputc(' ', out);
-}
 
 static int parse_rows(const char *body, size_t len, member_row **rows_out, size_t *nrows)
 {
@@ -90,11 +67,11 @@ static int parse_rows(const char *body, size_t len, member_row **rows_out, size_
             snprintf(r->since, sizeof(r->since), "-");
         r->self =
             kvc_jscan_literal(obj, oend, "self", self, sizeof(self)) && strcmp(self, "true") == 0;
-        sanitize(r->name);
-        sanitize(r->address);
-        sanitize(r->state);
-        sanitize(r->ring);
-        sanitize(r->since);
+        cli_table_sanitize(r->name);
+        cli_table_sanitize(r->address);
+        cli_table_sanitize(r->state);
+        cli_table_sanitize(r->ring);
+        cli_table_sanitize(r->since);
     }
     if (more != 0)
         goto bad; /* an element not followed by ',' or ']', or a trailing comma */
@@ -122,7 +99,7 @@ int cli_members_print_table(const char *body, size_t len, FILE *out)
         const member_row *r = &rows[i];
         const char *cols[6] = {r->name, r->address, r->state, r->incarnation, r->ring, r->since};
         for (int c = 0; c < 6; c++) {
-            int cw = width(cols[c]) + (c == 0 && r->self ? 2 : 0);
+            int cw = cli_table_width(cols[c]) + (c == 0 && r->self ? 2 : 0);
             if (cw > w[c])
                 w[c] = cw;
         }
@@ -133,7 +110,7 @@ int cli_members_print_table(const char *body, size_t len, FILE *out)
     }
     for (int c = 0; c < 6; c++) {
         if (c < 5)
-            pad(out, head[c], w[c] + 2);
+            cli_table_pad(out, head[c], w[c] + 2, false);
         else
             fputs(head[c], out);
     }
@@ -144,7 +121,7 @@ int cli_members_print_table(const char *body, size_t len, FILE *out)
         snprintf(name, sizeof(name), "%s%s", r->name, r->self ? " *" : "");
         const char *cols[6] = {name, r->address, r->state, r->incarnation, r->ring, r->since};
         for (int c = 0; c < 5; c++)
-            pad(out, cols[c], w[c] + 2);
+            cli_table_pad(out, cols[c], w[c] + 2, false);
         fputs(cols[5], out);
         fputc('\n', out);
     }

@@ -7,6 +7,8 @@
  */
 #include "cli/ring.h"
 
+#include "cli/table.h"
+
 #include "client/jscan.h"
 #include "client/json.h"
 
@@ -38,35 +40,6 @@ static bool number_field(const char *obj, const char *end, const char *name, dou
     return true;
 }
 
-/* Control bytes would break the table (or the terminal): show them as '?'. */
-static void sanitize(char *s)
-{
-    for (; *s; s++)
-        if ((unsigned char)*s < 0x20 || *s == 0x7f)
-            *s = '?';
-}
-
-/* Display width of UTF-8 text: one column per character (good enough for names). */
-static int width(const char *s)
-{
-    int w = 0;
-    for (; *s; s++)
-        if (((unsigned char)*s & 0xc0) != 0x80)
-            w++;
-    return w;
-}
-
-static void pad(FILE *out, const char *s, int w, bool right)
-{
-    int n = width(s);
-    if (!right)
-        fputs(s, out);
-    for (int i = n; i < w; i++)
-        fputc(' ', out);
-    if (right)
-        fputs(s, out);
-}
-
 static bool parse_row(const char *obj, const char *end, ring_row *r)
 {
     size_t ol = (size_t)(end - obj);
@@ -81,8 +54,8 @@ static bool parse_row(const char *obj, const char *end, ring_row *r)
         return false;
     r->tokens = (unsigned long)tokens;
     r->self = strcmp(self, "true") == 0;
-    sanitize(r->name);
-    sanitize(r->address);
+    cli_table_sanitize(r->name);
+    cli_table_sanitize(r->address);
     return true;
 }
 
@@ -149,17 +122,17 @@ int cli_ring_print_table(const char *body, size_t len, FILE *out)
         snprintf(cells[i][3], sizeof(cells[i][3]), "%.1f%%", 100.0 * r->replica);
         snprintf(cells[i][4], sizeof(cells[i][4]), "%lu", r->tokens);
         for (int c = 0; c < NCOL; c++)
-            if (width(cells[i][c]) > w[c])
-                w[c] = width(cells[i][c]);
+            if (cli_table_width(cells[i][c]) > w[c])
+                w[c] = cli_table_width(cells[i][c]);
     }
     /* Text columns left-aligned, numbers right-aligned under their heading. */
     for (int c = 0; c < NCOL; c++) {
-        pad(out, head[c], w[c], c >= 2);
+        cli_table_pad(out, head[c], w[c], c >= 2);
         fputs(c + 1 < NCOL ? "  " : "\n", out);
     }
     for (size_t i = 0; i < n; i++)
         for (int c = 0; c < NCOL; c++) {
-            pad(out, cells[i][c], w[c], c >= 2);
+            cli_table_pad(out, cells[i][c], w[c], c >= 2);
             fputs(c + 1 < NCOL ? "  " : "\n", out);
         }
     fprintf(out,
