@@ -710,6 +710,7 @@ static void th_record_status(th_node *n, int st)
 {
     n->exited = true;
     n->exit_status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    n->term_signal = WIFSIGNALED(st) ? WTERMSIG(st) : 0;
     th_pid_del(n->pid);
 }
 
@@ -738,6 +739,21 @@ bool th_node_wait_exit(th_node *n, int timeout_ms)
     }
 }
 
+/* Say why a node's stop failed and show the end of its log (sanitizer reports included):
+ * a failed stop is otherwise only a number in the test's assertion. */
+static void th_node_print_end(const th_node *n, const char *what)
+{
+    fprintf(stderr, "==== node pid %d %s (exit status %d, signal %d); end of %s ====\n",
+            (int)n->pid, what, n->exit_status, n->term_signal, n->log_path);
+    char *log = th_log_read(n);
+    size_t len = strlen(log), start = len;
+    for (int lines = 0; start > 0 && lines <= 60; start--)
+        lines += log[start - 1] == '\n';
+    fputs(log + start, stderr);
+    fprintf(stderr, "==== end of node log ====\n");
+    free(log);
+}
+
 int th_node_stop(th_node *n, int timeout_ms)
 {
     if (n->pid <= 0)
@@ -745,8 +761,12 @@ int th_node_stop(th_node *n, int timeout_ms)
     if (n->exited)
         return n->exit_status;
     kill(n->pid, SIGTERM);
-    if (th_node_wait_exit(n, timeout_ms))
+    if (th_node_wait_exit(n, timeout_ms)) {
+        if (n->exit_status != 0)
+            th_node_print_end(n, "did not exit 0 on SIGTERM");
         return n->exit_status;
+    }
+    th_node_print_end(n, "did not exit within the timeout after SIGTERM; killed");
     th_node_kill9(n);
     return -1;
 }

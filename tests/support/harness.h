@@ -35,6 +35,7 @@ typedef struct th_node {
     /* Set when the harness has reaped the process (th_node_alive/stop/kill9). */
     bool exited;
     int exit_status; /* exit code, or -1 if it died by a signal */
+    int term_signal; /* the signal it died by, 0 if it exited */
 } th_node;
 
 /* A fresh temporary directory under $TMPDIR (or /tmp); path written into out. */
