@@ -77,10 +77,13 @@ _Static_assert(KV_SYNC_ALWAYS == 0 && KV_SYNC_INTERVAL == 1 && KV_SYNC_NEVER == 
 _Static_assert(KV_LOG_DEBUG == 0 && KV_LOG_INFO == 1 && KV_LOG_WARN == 2 && KV_LOG_ERROR == 3,
                "level");
 _Static_assert(KV_LOG_TEXT == 0 && KV_LOG_JSON == 1, "format");
+_Static_assert(sizeof(kv_repl_lane) == sizeof(uint32_t), "enum size");
+_Static_assert(KV_REPL_LANE_DIRECT == 0 && KV_REPL_LANE_NNG == 1, "lane");
 
 static const char *const sync_choices[] = {"always", "interval", "never", NULL};
 static const char *const level_choices[] = {"debug", "info", "warn", "error", NULL};
 static const char *const format_choices[] = {"text", "json", NULL};
+static const char *const lane_choices[] = {"direct", "nng", NULL};
 
 /*
  * The key registry. To add a key: add its field to kv_config, then one row here; the
@@ -103,6 +106,9 @@ static const cfg_key keytab[] = {
     {.name = "cluster.advertise", .type = T_STRING, .def = "", .flags = CF_HOSTPORT,
      AT(cluster_advertise),
      .help = "host:port other nodes use to reach this one (empty = derived)"},
+    {.name = "cluster.data_port", .type = T_PORT, .def = "0", .min = 0, .max = 65535,
+     AT(cluster_data_port),
+     .help = "replica data (TCP) port on cluster.host; 0 = a free port, told to peers by gossip"},
     {.name = "cluster.seeds", .type = T_LIST, .def = "", .alias = "seeds",
      AT(cluster_seeds),
      .help = "host:port list of nodes to join through (comma-separated in env and flags)"},
@@ -178,6 +184,9 @@ static const cfg_key keytab[] = {
     {.name = "replication.batching", .type = T_BOOL, .def = "true",
      AT(replication_batching),
      .help = "send replica messages for one peer ready in the same loop turn as one message"},
+    {.name = "replication.lane", .type = T_ENUM, .def = "direct", .choices = lane_choices,
+     AT(replication_lane),
+     .help = "replica traffic: direct (TCP on cluster.data_port, the fast path) or nng"},
     {.name = "ring.tokens", .type = T_INT, .def = "64", .min = 1, .max = 4096,
      AT(ring_tokens),
      .help = "tokens (virtual nodes) per member on the hash ring; same on every node"},

@@ -23,6 +23,12 @@ typedef enum kv_sync_mode {
     KV_SYNC_NEVER = 2,    /* leave it to the OS (fsync only at shutdown) */
 } kv_sync_mode;
 
+/* How replica batches travel between nodes (replication.lane). */
+typedef enum kv_repl_lane {
+    KV_REPL_LANE_DIRECT = 0, /* loop-owned TCP (src/net/direct.h); nng for peers without it */
+    KV_REPL_LANE_NNG = 1,    /* nng's replica lane only */
+} kv_repl_lane;
+
 typedef enum kv_cfg_source {
     KV_CFG_DEFAULT = 0,
     KV_CFG_FILE,
@@ -40,6 +46,7 @@ typedef struct kv_config {
     char cluster_host[256];
     int cluster_port;
     char cluster_advertise[256];
+    int cluster_data_port; /* replica data lane; 0 = a free port, advertised in gossip */
     char cluster_seeds[KV_CFG_STR_MAX]; /* comma-separated host:port list */
     /* cluster timing: SWIM with Lifeguard (DESIGN §6), memberlist's LAN defaults */
     uint64_t cluster_probe_interval_ms;    /* protocol period: one probe per period */
@@ -61,10 +68,11 @@ typedef struct kv_config {
     uint64_t storage_compression_threshold; /* bytes; 0 = never compress */
     /* replication.* */
     int replication_n, replication_r, replication_w;
-    bool replication_sloppy_quorum; /* fallbacks count toward quorums (DESIGN §9) */
+    bool replication_sloppy_quorum;       /* fallbacks count toward quorums (DESIGN §9) */
     uint64_t replication_timeout_ms;      /* quorum deadline of one request */
     bool replication_read_repair;         /* repair stale replicas found by reads */
-    bool replication_batching;            /* one nng message per peer per loop turn */
+    bool replication_batching;            /* one message per peer per loop turn */
+    kv_repl_lane replication_lane;        /* direct TCP or nng */
     int replication_hints_max_count;      /* hints held at most */
     uint64_t replication_hints_max_bytes; /* hint bytes held at most */
     /* ring.* */

@@ -32,6 +32,7 @@
 
 #include "common/log.h"
 #include "kvstore/error.h"
+#include "net/direct.h"
 #include "net/transport.h"
 #include "net/wire.h"
 #include "swim/swim.h"
@@ -63,6 +64,7 @@ struct kv_membership {
     kv_metrics *metrics;
     swim_t *core;
     kv_net *net;
+    kv_direct *direct; /* replica data lane; NULL with replication.lane nng */
     char advertise[SWIM_ADDR_MAX + 1];
     char name[SWIM_NAME_MAX + 1];
 
@@ -97,6 +99,7 @@ struct kv_membership {
 
     /* Transport drop counters already published (kv_net keeps totals). */
     kv_net_stats net_seen;
+    kv_direct_stats direct_seen;
 
     kv_membership_hooks hooks; /* replication layer */
     bool changed;              /* member table changed since on_change was last called */
@@ -155,6 +158,32 @@ static void memb_on_handle_closed(uv_handle_t *h)
 static void memb_on_net_closed(void *arg)
 {
     memb_release(arg);
+}
+
+/* Where a member takes replica frames: its SWIM address, on the data port it advertised.
+ * A member that is gone (or advertises none) loses its route; sends then use nng. */
+static void memb_route(kv_membership *m, const swim_node *nd, bool forget)
+{
+    if (!m->direct || swim_id_equal(&nd->id, &swim_self(m->core)->node.id))
+        return;
+    int rc = kv_direct_set_route(m->direct, nd->addr, forget ? 0 : nd->data_port);
+    if (rc != KV_OK && rc != KV_ECLOSED)
+        kv_log_warn("cannot route replica traffic to a member", KV_STR("member", nd->name),
+                    KV_STR("address", nd->addr), KV_INT("data_port", nd->data_port), KV_ERR(rc));
+}
+
+/* Frames from the data lane: replica batches, nothing else. */
+static void memb_on_direct(void *arg, const uint8_t *data, size_t len)
+{
+    kv_membership *m = arg;
+    if (m->closing)
+        return;
+    if (!kv_repl_is_batch(data, len)) {
+        memb_count_drop(m, KV_WIRE_MALFORMED, 1);
+        return;
+    }
+    if (m->hooks.on_repl)
+        m->hooks.on_repl(m->hooks.arg, data, len);
 }
 
 /* ---------- INCARNATION persistence (threadpool) ---------- */
@@ -340,6 +369,7 @@ static void memb_event(kv_membership *m, const swim_event *ev)
     switch (ev->kind) {
     case SWIM_EV_MEMBER_ADDED:
         m->changed = true;
+        memb_route(m, nd, false);
         kv_log_info("member added", KV_STR("member", nd->name), KV_STR("id", id),
                     KV_STR("address", nd->addr), KV_STR("state", swim_state_name(nd->state)),
                     KV_UINT("incarnation", nd->incarnation),
@@ -347,6 +377,7 @@ static void memb_event(kv_membership *m, const swim_event *ev)
         break;
     case SWIM_EV_MEMBER_UPDATED:
         m->changed = true;
+        memb_route(m, nd, false);
         if (ev->old_state != nd->state) {
             /* The line operators grep for: who, old → new, at which incarnation. */
             char change[32];
@@ -371,6 +402,7 @@ static void memb_event(kv_membership *m, const swim_event *ev)
         break;
     case SWIM_EV_MEMBER_REAPED:
         m->changed = true;
+        memb_route(m, nd, true);
         kv_log_info("member forgotten", KV_STR("member", nd->name), KV_STR("id", id),
                     KV_STR("state", swim_state_name(nd->state)),
                     KV_UINT("incarnation", nd->incarnation));
@@ -620,6 +652,21 @@ int kv_membership_start(kv_membership **out, uv_loop_t *loop, const kv_config *c
     }
     int port = kv_net_port(m->net);
     rc = memb_derive_advertise(m, port);
+    if (rc == KV_OK && cfg->replication_lane == KV_REPL_LANE_DIRECT) {
+        kv_direct_opts dopt = {
+            .host = cfg->cluster_host,
+            .port = cfg->cluster_data_port,
+            .max_msg = no.max_msg,
+            .on_recv = memb_on_direct,
+            .arg = m,
+        };
+        rc = kv_direct_open(&m->direct, loop, &dopt);
+        if (rc != KV_OK) {
+            m->direct = NULL;
+            kv_log_error("cannot open the replica data lane", KV_STR("host", cfg->cluster_host),
+                         KV_INT("data_port", cfg->cluster_data_port), KV_ERR(rc));
+        }
+    }
 
     swim_config sc;
     swim_config_default(&sc);
@@ -639,6 +686,7 @@ int kv_membership_start(kv_membership **out, uv_loop_t *loop, const kv_config *c
      * disk already holds the one above, written before we got here). */
     self.incarnation = ident->prev_incarnation;
     self.ring = SWIM_RING_NORMAL;
+    self.data_port = m->direct ? (uint16_t)kv_direct_port(m->direct) : 0;
     if (rc == KV_OK) {
         m->core = swim_new(&sc, &self, memb_random_seed());
         if (!m->core) {
@@ -652,6 +700,10 @@ int kv_membership_start(kv_membership **out, uv_loop_t *loop, const kv_config *c
         /* Nothing else is running yet: close the transport and hand it to the loop. */
         m->closing = true;
         m->pending = 1;
+        if (m->direct) {
+            m->pending++;
+            kv_direct_close(m->direct, memb_on_net_closed, m);
+        }
         kv_net_close(m->net, memb_on_net_closed, m);
         return rc;
     }
@@ -674,8 +726,8 @@ int kv_membership_start(kv_membership **out, uv_loop_t *loop, const kv_config *c
     char idshort[9];
     memb_id_short(&self.id, idshort);
     kv_log_info("cluster listening", KV_STR("host", cfg->cluster_host), KV_INT("port", port),
-                KV_STR("advertise", m->advertise), KV_STR("id", idshort),
-                KV_UINT("probe_interval_ms", sc.probe_interval_ms),
+                KV_INT("data_port", self.data_port), KV_STR("advertise", m->advertise),
+                KV_STR("id", idshort), KV_UINT("probe_interval_ms", sc.probe_interval_ms),
                 KV_UINT("suspicion_timeout_ms", swim_suspicion_timeout_ms(m->core, 0)));
     if (m->n_seeds) {
         rc = swim_join(m->core, memb_now(m), m->seeds, m->n_seeds);
@@ -716,6 +768,11 @@ int kv_membership_send_repl(kv_membership *m, const char *addr, const void *data
 {
     if (m->closing)
         return KV_ECLOSED;
+    if (m->direct) {
+        int rc = kv_direct_send(m->direct, addr, data, len);
+        if (rc != KV_ENOTFOUND)
+            return rc;
+    }
     return kv_net_send(m->net, addr, KV_NET_LANE_REPL, data, len);
 }
 
@@ -794,6 +851,15 @@ int kv_membership_members_json(kv_membership *m, kv_buf *out)
     return rc == KV_OK ? KV_OK : KV_ENOMEM;
 }
 
+/* The data lane keeps totals; the labelled counter takes increments. */
+static void memb_count_direct(kv_membership *m, const char *help, const char *reason,
+                              uint64_t total, uint64_t *seen)
+{
+    kv_metrics_count(m->metrics, "kv_data_frames_dropped_total", help, "reason", reason,
+                     total - *seen);
+    *seen = total;
+}
+
 void kv_membership_publish_metrics(kv_membership *m)
 {
     kv_metrics *mx = m->metrics;
@@ -815,6 +881,40 @@ void kv_membership_publish_metrics(kv_membership *m)
                            ns.sent_bytes);
     kv_metrics_gauge(mx, "kv_peer_destinations", "Peer addresses with open outgoing sockets.",
                      (double)ns.peers_open);
+    if (m->direct) {
+        kv_direct_stats ds;
+        kv_direct_get_stats(m->direct, &ds);
+        const char *hd = "Replica frames the data lane lost, by reason (queue_full: the "
+                         "destination's queue was full; unreachable: it could not be "
+                         "connected; conn_lost: the connection broke).";
+        memb_count_direct(m, hd, "queue_full", ds.dropped_queue_full,
+                          &m->direct_seen.dropped_queue_full);
+        memb_count_direct(m, hd, "unreachable", ds.dropped_unreachable,
+                          &m->direct_seen.dropped_unreachable);
+        memb_count_direct(m, hd, "conn_lost", ds.dropped_conn_lost,
+                          &m->direct_seen.dropped_conn_lost);
+        kv_metrics_counter_set(mx, "kv_data_frames_received_total",
+                               "Replica frames received on the data lane.", ds.received);
+        kv_metrics_counter_set(mx, "kv_data_frames_sent_total",
+                               "Replica frames written to data lane connections.", ds.sent);
+        kv_metrics_counter_set(mx, "kv_data_received_bytes_total",
+                               "Payload bytes received on the data lane.", ds.received_bytes);
+        kv_metrics_counter_set(mx, "kv_data_sent_bytes_total",
+                               "Payload bytes written on the data lane.", ds.sent_bytes);
+        kv_metrics_counter_set(mx, "kv_data_connect_failures_total",
+                               "Data lane connects (or name lookups) that failed.",
+                               ds.connect_failures);
+        kv_metrics_counter_set(mx, "kv_data_bad_hello_total",
+                               "Inbound data lane connections closed: no kvstore hello.",
+                               ds.bad_hello);
+        kv_metrics_counter_set(mx, "kv_data_bad_frame_total",
+                               "Inbound data lane connections closed: frame length out of range.",
+                               ds.bad_frame);
+        kv_metrics_gauge(mx, "kv_data_connections_in", "Inbound data lane connections open.",
+                         (double)ds.conns_in);
+        kv_metrics_gauge(mx, "kv_data_connections_out", "Outgoing data lane connections open.",
+                         (double)ds.conns_out);
+    }
 
     size_t count[4] = {0, 0, 0, 0};
     for (size_t i = 0, n = swim_member_count(m->core); i < n; i++) {
@@ -907,6 +1007,11 @@ void kv_membership_close(kv_membership *m, void (*done)(void *arg), void *arg)
     uv_close((uv_handle_t *)&m->tick, memb_on_handle_closed);
     uv_close((uv_handle_t *)&m->lag, memb_on_handle_closed);
     uv_close((uv_handle_t *)&m->leave_timer, memb_on_handle_closed);
+    if (m->direct) {
+        m->pending++;
+        kv_direct_close(m->direct, memb_on_net_closed, m);
+        m->direct = NULL;
+    }
     kv_net_close(m->net, memb_on_net_closed, m);
     memb_release(m); /* the reference kv_membership_start took */
 }

@@ -59,7 +59,7 @@
  * sender address, seq, target, target address, flags, digest, array headers) at most
  * SWIM_MSG_WIRE_FIXED plus the length of target_addr.
  */
-#define SWIM_UPDATE_WIRE_FIXED 60
+#define SWIM_UPDATE_WIRE_FIXED 63
 #define SWIM_MSG_WIRE_FIXED    (96 + SWIM_ADDR_MAX)
 
 /* ---------- members ---------- */
@@ -97,6 +97,9 @@ typedef struct swim_node {
     uint64_t incarnation; /* bumped only by the member itself; higher wins */
     swim_state state;
     swim_ring_status ring;
+    /* Port of the member's replica data lane (src/net/direct.h) on addr's host; 0 = none
+     * (reach it over nng). Set by the member itself; travels with its alive updates. */
+    uint16_t data_port;
 } swim_node;
 
 /* A member as this core knows it (swim_member_at, events). */
