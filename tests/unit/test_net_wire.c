@@ -36,6 +36,7 @@ static void assert_node_eq(const swim_node *a, const swim_node *b)
     cr_assert_eq(a->incarnation, b->incarnation);
     cr_assert_eq(a->state, b->state);
     cr_assert_eq(a->ring, b->ring);
+    cr_assert_eq(a->data_port, b->data_port);
 }
 
 static kv_wire_msg *decode_ok(const kv_buf *b)
@@ -64,6 +65,7 @@ Test(wire, every_type_round_trips)
 {
     swim_update ups[3];
     ups[0].node = mknode(1, "node-a", "10.0.0.1:7946", 7, SWIM_ALIVE, SWIM_RING_NORMAL);
+    ups[0].node.data_port = 40001;
     memset(ups[0].from.b, 1, SWIM_ID_LEN);
     ups[1].node =
         mknode(2, "ünïcode name", "[::1]:7000", UINT64_MAX, SWIM_SUSPECT, SWIM_RING_LEAVING);
@@ -74,6 +76,7 @@ Test(wire, every_type_round_trips)
         mknode(4, "m4", "127.0.0.1:1", 1, SWIM_DEAD, SWIM_RING_JOINING),
         mknode(5, "m5", "127.0.0.1:2", 300, SWIM_ALIVE, SWIM_RING_NORMAL),
     };
+    members[1].data_port = 65535;
     for (int t = SWIM_MSG_PING; t <= SWIM_MSG_PUSH_PULL_REPLY; t++) {
         swim_msg m;
         memset(&m, 0, sizeof(m));
@@ -271,6 +274,67 @@ Test(wire, newer_peers_may_append_fields)
     cr_assert_eq(d->msg.seq, 42);
     kv_wire_msg_free(d);
     free(d);
+    kv_buf_free(&b);
+}
+
+/* A PING carrying one update whose node advertises data port 0x1234 (encoded 19 12 34). */
+static void encode_ping_with_port(kv_buf *b, size_t *hdr_at, size_t *port_at)
+{
+    swim_update up;
+    memset(&up, 0, sizeof(up));
+    up.node = mknode(1, "n", "127.0.0.1:7000", 5, SWIM_ALIVE, SWIM_RING_NORMAL);
+    up.node.data_port = 0x1234;
+    swim_msg m;
+    memset(&m, 0, sizeof(m));
+    m.type = SWIM_MSG_GOSSIP;
+    m.n_updates = 1;
+    m.updates = &up;
+    cr_assert_eq(kv_wire_encode(b, "127.0.0.1:7946", &m), KV_OK);
+    const uint8_t *p = (const uint8_t *)b->data;
+    *hdr_at = *port_at = 0;
+    for (size_t i = 0; i + 2 < b->len; i++) {
+        if (p[i] == 0x87 && !*hdr_at)
+            *hdr_at = i; /* the node: an array of 7 fields */
+        if (p[i] == 0x19 && p[i + 1] == 0x12 && p[i + 2] == 0x34)
+            *port_at = i;
+    }
+    cr_assert(*hdr_at && *port_at > *hdr_at, "node fields not found in the encoding");
+}
+
+Test(wire, a_node_from_a_peer_without_a_data_port_decodes_with_port_0)
+{
+    kv_buf b = KV_BUF_INIT;
+    size_t hdr, port;
+    encode_ping_with_port(&b, &hdr, &port);
+    kv_wire_msg *d = decode_ok(&b);
+    cr_assert_eq(d->msg.updates[0].node.data_port, 0x1234);
+    kv_wire_msg_free(d);
+    free(d);
+    /* The same node as an older peer sends it: 6 fields, no port. */
+    b.data[hdr] = (char)0x86;
+    memmove(b.data + port, b.data + port + 3, b.len - port - 3);
+    b.len -= 3;
+    d = decode_ok(&b);
+    cr_assert_eq(d->msg.updates[0].node.data_port, 0);
+    cr_assert_eq(d->msg.updates[0].node.incarnation, 5);
+    kv_wire_msg_free(d);
+    free(d);
+    kv_buf_free(&b);
+}
+
+Test(wire, a_data_port_over_65535_is_refused)
+{
+    kv_buf b = KV_BUF_INIT;
+    size_t hdr, port;
+    encode_ping_with_port(&b, &hdr, &port);
+    /* 0x1234 → 0x0001_0000 (five bytes: 1a 00 01 00 00) */
+    uint8_t big[5] = {0x1a, 0x00, 0x01, 0x00, 0x00};
+    kv_buf out = KV_BUF_INIT;
+    kv_buf_append(&out, b.data, port);
+    kv_buf_append(&out, big, sizeof(big));
+    kv_buf_append(&out, b.data + port + 3, b.len - port - 3);
+    cr_assert_str_eq(decode_fail(out.data, out.len), KV_WIRE_OUT_OF_BOUNDS);
+    kv_buf_free(&out);
     kv_buf_free(&b);
 }
 
