@@ -40,10 +40,12 @@ WORKDIR /var/lib/kvstore
 # say it explicitly: the image is useless on loopback only).
 ENV DIST_KV__SERVER__HOST=0.0.0.0 \
     DIST_KV__SERVER__PORT=8080 \
-    DIST_KV__NODE__DATA_DIR=/var/lib/kvstore/data
+    DIST_KV__NODE__DATA_DIR=/var/lib/kvstore/data \
+    DIST_KV__CLUSTER__DATA_PORT=7947
 VOLUME ["/var/lib/kvstore/data"]
-# 8080: client HTTP API; 7946: peer traffic (cluster.port, used once nodes form clusters).
-EXPOSE 8080 7946
+# 8080: client HTTP API; 7946: membership gossip (cluster.port, nng); 7947: replica data
+# (cluster.data_port, fixed here so that firewalls and port maps can name it).
+EXPOSE 8080 7946 7947
 HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 \
     CMD curl -fsS --max-time 2 -o /dev/null "http://127.0.0.1:${DIST_KV__SERVER__PORT}/healthz" || exit 1
 # SIGTERM (docker stop) makes the node finish in-flight requests and sync its data.

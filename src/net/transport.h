@@ -41,7 +41,7 @@ typedef struct kv_net kv_net;
 typedef enum kv_net_lane {
     KV_NET_LANE_PROBE = 0, /* failure detection: never queued behind bulk data */
     KV_NET_LANE_BULK = 1,  /* full-state sync, join, large payloads */
-    KV_NET_LANE_REPL = 2,  /* replica traffic (src/repl): batches, a deeper send queue */
+    KV_NET_LANE_REPL = 2,  /* replica batches to peers without a data lane (net/direct.h) */
 } kv_net_lane;
 
 /* One received message: data[0..len) is valid only during the call. Loop thread. */
