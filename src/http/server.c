@@ -459,6 +459,41 @@ static bool header_safe(const char *s)
     return s && strpbrk(s, "\r\n") == NULL;
 }
 
+/* Decimal digits of v into out (no NUL); returns their count. */
+static size_t fmt_uint(char *out, uint64_t v)
+{
+    char tmp[24];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (size_t i = 0; i < n; i++)
+        out[i] = tmp[n - 1 - i];
+    return n;
+}
+
+/* "name: value\r\n", or " value\r\n" (the status line's end) when name is NULL. */
+static int header_line(kv_buf *o, const char *name, const char *value)
+{
+    size_t nl = name ? strlen(name) : 0, vl = strlen(value);
+    int rc = kv_buf_reserve(o, nl + vl + 4);
+    if (rc)
+        return rc;
+    if (name) {
+        memcpy(o->data + o->len, name, nl);
+        o->len += nl;
+        o->data[o->len++] = ':';
+    }
+    o->data[o->len++] = ' ';
+    memcpy(o->data + o->len, value, vl);
+    o->len += vl;
+    o->data[o->len++] = '\r';
+    o->data[o->len++] = '\n';
+    o->data[o->len] = '\0';
+    return KV_OK;
+}
+
 static int format_response(http_req *r, int status, const char *content_type,
                            const kv_http_header *headers, int nheaders, const void *body,
                            size_t len)
@@ -471,20 +506,29 @@ static int format_response(http_req *r, int status, const char *content_type,
     kv_buf_reset(o);
     kv_buf_reset(&r->out_body);
     refresh_date(s);
-    int rc =
-        kv_buf_printf(o, "HTTP/1.1 %d %s\r\nDate: %s\r\n", status, reason_phrase(status), s->date);
+    /* Appends, not printf: this runs once per response and printf showed in profiles. */
+    char num[24];
+    int rc = kv_buf_appends(o, "HTTP/1.1 ");
+    if (!rc)
+        rc = kv_buf_append(o, num, fmt_uint(num, (unsigned)status));
+    if (!rc)
+        rc = header_line(o, NULL, reason_phrase(status));
+    if (!rc)
+        rc = header_line(o, "Date", s->date);
     if (!rc && content_type && header_safe(content_type))
-        rc = kv_buf_printf(o, "Content-Type: %s\r\n", content_type);
+        rc = header_line(o, "Content-Type", content_type);
     for (int i = 0; !rc && i < nheaders; i++) {
         if (!header_safe(headers[i].name) || !header_safe(headers[i].value)) {
             kv_log_warn("http response header dropped: CR or LF in it",
                         KV_STR("name", headers[i].name ? headers[i].name : "(null)"));
             continue;
         }
-        rc = kv_buf_printf(o, "%s: %s\r\n", headers[i].name, headers[i].value);
+        rc = header_line(o, headers[i].name, headers[i].value);
     }
-    if (!rc && !no_body_status)
-        rc = kv_buf_printf(o, "Content-Length: %zu\r\n", len);
+    if (!rc && !no_body_status) {
+        num[fmt_uint(num, len)] = '\0';
+        rc = header_line(o, "Content-Length", num);
+    }
     if (!rc && !no_body_status && !r->head_method && len)
         rc = kv_buf_append(&r->out_body, body, len);
     return rc;
