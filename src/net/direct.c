@@ -27,6 +27,7 @@
 #define D_READ_MIN      (64u << 10)
 #define D_READ_KEEP     (256u << 10) /* shrink a read buffer back to this after a big frame */
 #define D_WARN_EVERY_MS 10000
+#define D_MAX_INBOUND   1024 /* a cluster needs one per peer; beyond this is not a cluster */
 
 typedef struct d_out d_out;
 
@@ -44,7 +45,8 @@ typedef struct d_conn {
     bool hello_sent;
     kv_buf inflight; /* bytes of the write in flight */
     size_t inflight_frames;
-    char rbuf[64]; /* outgoing connections carry nothing back: only EOF is expected */
+    uint64_t inflight_payload; /* payload bytes of those frames (sent_bytes) */
+    char rbuf[64];             /* outgoing connections carry nothing back: only EOF is expected */
 } d_conn;
 
 struct d_out {
@@ -58,6 +60,7 @@ struct d_out {
     d_conn *conn;
     kv_buf q; /* frames waiting for the connection or the write in flight */
     size_t q_frames;
+    uint64_t q_payload; /* payload bytes of those frames (a partial frame counts whole) */
     uint64_t last_used_ms;
     uint64_t backoff_ms, backoff_until_ms;
 };
@@ -85,7 +88,7 @@ struct kv_direct {
     bool closing;
     void (*done)(void *);
     void *done_arg;
-    uint64_t warn_hello_ms, warn_frame_ms, warn_connect_ms;
+    uint64_t warn_hello_ms, warn_frame_ms, warn_connect_ms, warn_conns_ms;
 };
 
 static void d_conn_fail(d_conn *c, bool connect_failed);
@@ -213,6 +216,7 @@ static void d_out_drop_queue(kv_direct *d, d_out *o, uint64_t *counter)
     (void)d;
     kv_buf_reset(&o->q);
     o->q_frames = 0;
+    o->q_payload = 0;
 }
 
 static void d_on_write(uv_write_t *req, int status);
@@ -228,7 +232,9 @@ static void d_conn_start_write(d_conn *c)
     o->q = tmp;
     kv_buf_reset(&o->q);
     c->inflight_frames = o->q_frames;
+    c->inflight_payload = o->q_payload;
     o->q_frames = 0;
+    o->q_payload = 0;
     uv_buf_t bufs[2];
     unsigned n = 0;
     if (!c->hello_sent) {
@@ -258,8 +264,9 @@ static void d_on_write(uv_write_t *req, int status)
         return;
     }
     d->st.sent += c->inflight_frames;
-    d->st.sent_bytes += c->inflight.len - 4 * c->inflight_frames;
+    d->st.sent_bytes += c->inflight_payload;
     c->inflight_frames = 0;
+    c->inflight_payload = 0;
     kv_buf_reset(&c->inflight);
     if (c->owner)
         d_conn_start_write(c);
@@ -437,7 +444,11 @@ static uint32_t d_be32(const uint8_t *p)
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
-/* Room for the next read: at least D_READ_MIN, or the rest of the frame being received. */
+/*
+ * Room for the next read: at least D_READ_MIN; for a large frame, up to the rest of it but
+ * never more than what has already arrived — the buffer doubles with the data, so a header
+ * that announces 8 MiB and sends nothing costs 64 KiB, not 8 MiB.
+ */
 static void d_in_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     (void)suggested;
@@ -446,7 +457,9 @@ static void d_in_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     if (in->hello_ok && in->len >= 4) {
         size_t need = 4 + (size_t)d_be32(in->buf);
         if (need <= 4 + in->d->opts.max_msg && need > in->len && need - in->len > want)
-            want = need - in->len;
+            want = need - in->len < in->len ? need - in->len : in->len;
+        if (want < D_READ_MIN)
+            want = D_READ_MIN;
     }
     if (in->cap - in->len < want) {
         size_t cap = in->len + want;
@@ -524,6 +537,14 @@ static void d_in_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
 }
 
+static void d_drop_closed(uv_handle_t *h)
+{
+    kv_direct *d = h->data;
+    free(h);
+    d->handles--;
+    d_maybe_done(d);
+}
+
 static void d_on_connection(uv_stream_t *server, int status)
 {
     kv_direct *d = server->data;
@@ -531,9 +552,24 @@ static void d_on_connection(uv_stream_t *server, int status)
         kv_log_debug("replica data port: accept failed", KV_STR("reason", uv_strerror(status)));
         return;
     }
-    d_in *in = calloc(1, sizeof(*in));
-    if (!in)
+    d_in *in = d->st.conns_in < D_MAX_INBOUND ? calloc(1, sizeof(*in)) : NULL;
+    if (!in) {
+        /* Accept and close at once: leaving it in the backlog would wake us forever. */
+        uv_tcp_t *drop = malloc(sizeof(*drop));
+        if (drop && uv_tcp_init(d->loop, drop) == 0) {
+            d->handles++;
+            drop->data = d;
+            (void)uv_accept(server, (uv_stream_t *)drop);
+            uv_close((uv_handle_t *)drop, d_drop_closed);
+        } else {
+            free(drop);
+        }
+        d->st.refused_conns++;
+        if (d_warn_due(d, &d->warn_conns_ms))
+            kv_log_warn("replica data port: too many inbound connections; refusing",
+                        KV_UINT("open", d->st.conns_in), KV_UINT("max", D_MAX_INBOUND));
         return;
+    }
     in->d = d;
     if (uv_tcp_init(d->loop, &in->tcp) != 0) {
         free(in);
@@ -720,7 +756,7 @@ int kv_direct_send(kv_direct *d, const char *key, const void *data, size_t len)
             return KV_EUNAVAIL;
         }
         skip = n > 0 ? (size_t)n : 0;
-    } else if (o->q.len + 4 + len > d->opts.queue_max_bytes) {
+    } else if (o->q.len + (c ? c->inflight.len : 0) + 4 + len > d->opts.queue_max_bytes) {
         d->st.dropped_queue_full++;
         return KV_EUNAVAIL;
     }
@@ -739,6 +775,7 @@ int kv_direct_send(kv_direct *d, const char *key, const void *data, size_t len)
         return KV_ENOMEM;
     }
     o->q_frames++;
+    o->q_payload += len;
     if (!o->conn)
         d_out_connect(d, o);
     else

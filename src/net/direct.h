@@ -29,7 +29,10 @@
  * Sending never blocks. With the connection up and nothing queued, a frame is written at
  * once (uv_try_write, no copy); the rest of a partial write, and frames sent while a write
  * is in flight or the connection is being made, are queued up to queue_max_bytes per
- * destination; beyond that a frame is dropped (KV_EUNAVAIL, counted). A failed connect
+ * destination (queued plus in flight); beyond that a frame is dropped (KV_EUNAVAIL,
+ * counted). A receiver's buffer grows with the bytes that actually arrive, not with the
+ * length a frame header announces; at most 1024 inbound connections are kept (more are
+ * closed at once, counted). A failed connect
  * drops what was queued and backs off (100 ms doubling to 2 s) before the next attempt; a
  * send during back-off is dropped and counted. Outgoing connections idle for
  * idle_close_ms are closed. TCP_NODELAY on every connection.
@@ -68,6 +71,7 @@ typedef struct kv_direct_stats {
     uint64_t connect_failures;         /* connects (or name lookups) that failed */
     uint64_t bad_hello;                /* inbound connections closed: wrong hello */
     uint64_t bad_frame;                /* inbound connections closed: frame over max_msg */
+    uint64_t refused_conns;            /* inbound connections refused: 1024 already open */
     uint64_t conns_in, conns_out;      /* open now */
 } kv_direct_stats;
 
@@ -94,10 +98,10 @@ int kv_direct_has_route(const kv_direct *d, const char *key);
 
 /*
  * Send data[0..len) as one frame to key's route. KV_OK when written or queued (delivery
- * is not guaranteed), KV_ENOTFOUND when key has no route (the caller may use nng),
- * KV_EUNAVAIL when dropped (queue full, or the destination is in connect back-off;
- * counted), KV_EINVAL when len is 0 or over max_msg, KV_ECLOSED after kv_direct_close,
- * KV_ENOMEM.
+ * is not guaranteed: a connect that fails at once drops it, counted), KV_ENOTFOUND when key
+ * has no route (the caller may use nng), KV_EUNAVAIL when dropped (queue full, the
+ * destination in connect back-off, or the connection broke during the write; counted), KV_EINVAL
+ * when len is 0 or over max_msg, KV_ECLOSED after kv_direct_close, KV_ENOMEM.
  */
 int kv_direct_send(kv_direct *d, const char *key, const void *data, size_t len);
 

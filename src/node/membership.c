@@ -910,6 +910,9 @@ void kv_membership_publish_metrics(kv_membership *m)
         kv_metrics_counter_set(mx, "kv_data_bad_frame_total",
                                "Inbound data lane connections closed: frame length out of range.",
                                ds.bad_frame);
+        kv_metrics_counter_set(mx, "kv_data_refused_connections_total",
+                               "Inbound data lane connections refused: 1024 already open.",
+                               ds.refused_conns);
         kv_metrics_gauge(mx, "kv_data_connections_in", "Inbound data lane connections open.",
                          (double)ds.conns_in);
         kv_metrics_gauge(mx, "kv_data_connections_out", "Outgoing data lane connections open.",
