@@ -9,6 +9,8 @@
  */
 #include "net/direct.h"
 
+#include "net/addr.h"
+
 #include "common/buf.h"
 #include "common/log.h"
 #include "kvstore/error.h"
@@ -131,10 +133,7 @@ static void d_on_handle_closed(uv_handle_t *h)
 
 static uint32_t d_hash(const char *s)
 {
-    uint32_t h = 2166136261u;
-    for (; *s; s++)
-        h = (h ^ (uint8_t)*s) * 16777619u;
-    return h % D_NBUCKETS;
+    return kv_net_addr_hash(s) % D_NBUCKETS;
 }
 
 static d_out *d_out_find(const kv_direct *d, const char *key)
@@ -143,38 +142,6 @@ static d_out *d_out_find(const kv_direct *d, const char *key)
         if (strcmp(o->key, key) == 0)
             return o;
     return NULL;
-}
-
-/* "host:port" → host (brackets of an IPv6 literal removed). false when malformed. */
-static bool d_key_host(const char *key, char *host, size_t cap)
-{
-    size_t len = strlen(key);
-    if (len == 0 || len > D_KEY_MAX)
-        return false;
-    const char *colon = strrchr(key, ':');
-    if (!colon || colon == key || colon[1] == '\0' || strlen(colon + 1) > 5)
-        return false;
-    for (const char *c = colon + 1; *c; c++)
-        if (*c < '0' || *c > '9')
-            return false;
-    if (atoi(colon + 1) > 65535)
-        return false;
-    for (const char *c = key; *c; c++)
-        if ((unsigned char)*c <= ' ' || *c == '/' || (unsigned char)*c == 0x7f)
-            return false;
-    const char *h = key;
-    size_t hl = (size_t)(colon - key);
-    if (h[0] == '[') {
-        if (hl < 3 || h[hl - 1] != ']')
-            return false;
-        h++;
-        hl -= 2;
-    }
-    if (hl == 0 || hl >= cap)
-        return false;
-    memcpy(host, h, hl);
-    host[hl] = '\0';
-    return true;
 }
 
 /* ---------- outgoing ---------- */
@@ -674,7 +641,7 @@ int kv_direct_set_route(kv_direct *d, const char *key, int data_port)
     if (d->closing)
         return KV_ECLOSED;
     char host[D_KEY_MAX + 1];
-    if (!d_key_host(key, host, sizeof(host)))
+    if (!kv_net_addr_split(key, D_KEY_MAX + 1, host, sizeof(host)))
         return KV_EINVAL;
     uint32_t b = d_hash(key);
     d_out **pp = &d->buckets[b];

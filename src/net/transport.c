@@ -8,6 +8,8 @@
  */
 #include "net/transport.h"
 
+#include "net/addr.h"
+
 #include "common/log.h"
 #include "kvstore/error.h"
 
@@ -131,17 +133,9 @@ static void net_on_wake(uv_async_t *h)
 
 /* ---------- peers ---------- */
 
-static uint32_t net_hash(const char *s)
-{
-    uint32_t h = 2166136261u;
-    for (; *s; s++)
-        h = (h ^ (uint8_t)*s) * 16777619u;
-    return h;
-}
-
 static net_peer *net_peer_find(kv_net *n, const char *addr)
 {
-    for (net_peer *p = n->buckets[net_hash(addr) % NET_NBUCKETS]; p; p = p->next)
+    for (net_peer *p = n->buckets[kv_net_addr_hash(addr) % NET_NBUCKETS]; p; p = p->next)
         if (strcmp(p->addr, addr) == 0)
             return p;
     return NULL;
@@ -195,24 +189,6 @@ static void net_peer_free(kv_net *n, net_peer *p)
     n->stats.peers_open--;
 }
 
-/* "host:port" with a non-empty host and a numeric port, no spaces or control bytes. */
-static bool net_addr_ok(const char *addr)
-{
-    size_t len = strlen(addr);
-    if (len == 0 || len >= NET_ADDR_MAX)
-        return false;
-    const char *colon = strrchr(addr, ':');
-    if (!colon || colon == addr || colon[1] == '\0')
-        return false;
-    for (const char *c = colon + 1; *c; c++)
-        if (*c < '0' || *c > '9')
-            return false;
-    for (const char *c = addr; *c; c++)
-        if ((unsigned char)*c <= ' ' || *c == '/' || (unsigned char)*c == 0x7f)
-            return false;
-    return true;
-}
-
 static net_peer *net_peer_get(kv_net *n, const char *addr)
 {
     net_peer *p = net_peer_find(n, addr);
@@ -223,7 +199,7 @@ static net_peer *net_peer_get(kv_net *n, const char *addr)
         return NULL;
     snprintf(p->addr, sizeof(p->addr), "%s", addr);
     snprintf(p->url, sizeof(p->url), "tcp://%s", addr);
-    uint32_t b = net_hash(addr) % NET_NBUCKETS;
+    uint32_t b = kv_net_addr_hash(addr) % NET_NBUCKETS;
     p->next = n->buckets[b];
     n->buckets[b] = p;
     n->stats.peers_open++;
@@ -255,8 +231,7 @@ int kv_net_send(kv_net *n, const char *addr, kv_net_lane lane, const void *data,
     if (n->closing)
         return KV_ECLOSED;
     if ((lane != KV_NET_LANE_PROBE && lane != KV_NET_LANE_BULK && lane != KV_NET_LANE_REPL) ||
-        !net_addr_ok(addr) ||
-        len > n->opts.max_msg) {
+        !kv_net_addr_split(addr, NET_ADDR_MAX, NULL, 0) || len > n->opts.max_msg) {
         n->stats.dropped_send_error++;
         return KV_EINVAL;
     }
