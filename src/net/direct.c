@@ -349,7 +349,15 @@ static void d_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *re
         d_conn_fail(c, true);
         return;
     }
-    d_conn_dial(c, res->ai_addr);
+    /* An IPv4 answer first: the default listener (cluster.host 0.0.0.0) is IPv4 only, and a
+     * name like localhost may list ::1 first. */
+    const struct addrinfo *pick = res;
+    for (const struct addrinfo *ai = res; ai; ai = ai->ai_next)
+        if (ai->ai_family == AF_INET) {
+            pick = ai;
+            break;
+        }
+    d_conn_dial(c, pick->ai_addr);
     uv_freeaddrinfo(res);
 }
 
