@@ -65,12 +65,16 @@ uint64_t kv_merkle_root(const kv_merkle *t);
 
 /*
  * Node `index` at `level` (0 = root, depth = leaves; index < 2^level): its sum, and the
- * hash range it covers as [*lo, *hi] inclusive (NULL to skip).
+ * hash range it covers as [*lo, *hi] inclusive (NULL to skip). Out-of-range level or index
+ * (e.g. from a peer): 0 and an empty range, *lo > *hi.
  */
 uint64_t kv_merkle_node(const kv_merkle *t, unsigned level, uint64_t index, uint64_t *lo,
                         uint64_t *hi);
 
-/* The leaf that holds hash, and the hash range of leaf i as [*lo, *hi] inclusive. */
+/*
+ * The leaf that holds hash, and the hash range of leaf i as [*lo, *hi] inclusive (NULL to
+ * skip; an out-of-range leaf gives an empty range, *lo > *hi).
+ */
 uint64_t kv_merkle_leaf_of(const kv_merkle *t, uint64_t hash);
 void kv_merkle_leaf_range(const kv_merkle *t, uint64_t leaf, uint64_t *lo, uint64_t *hi);
 
