@@ -20,16 +20,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define D_HELLO         "KVDATA1\n"
-#define D_HELLO_LEN     8
-#define D_KEY_MAX       300
-#define D_NBUCKETS      64
-#define D_BACKOFF_MIN   100
-#define D_BACKOFF_MAX   2000
-#define D_READ_MIN      (64u << 10)
-#define D_READ_KEEP     (256u << 10) /* shrink a read buffer back to this after a big frame */
-#define D_WARN_EVERY_MS 10000
-#define D_MAX_INBOUND   1024 /* a cluster needs one per peer; beyond this is not a cluster */
+#define D_HELLO              "KVDATA1\n"
+#define D_HELLO_LEN          8
+#define D_KEY_MAX            300
+#define D_NBUCKETS           64
+#define D_BACKOFF_MIN        100
+#define D_BACKOFF_MAX        2000
+#define D_READ_MIN           (64u << 10)
+#define D_READ_KEEP          (256u << 10) /* shrink a read buffer back to this after a big frame */
+#define D_WARN_EVERY_MS      10000
+#define D_MAX_INBOUND        1024 /* a cluster needs one per peer; beyond this is not a cluster */
+#define D_CONNECT_TIMEOUT_MS 3000 /* a firewall that drops SYNs would otherwise hold for minutes   \
+                                   */
 
 typedef struct d_out d_out;
 
@@ -45,7 +47,8 @@ typedef struct d_conn {
     bool up;        /* connected, hello queued */
     bool writing;
     bool hello_sent;
-    kv_buf inflight; /* bytes of the write in flight */
+    uint64_t started_ms; /* when the connect (or lookup) began */
+    kv_buf inflight;     /* bytes of the write in flight */
     size_t inflight_frames;
     uint64_t inflight_payload; /* payload bytes of those frames (sent_bytes) */
     char rbuf[64];             /* outgoing connections carry nothing back: only EOF is expected */
@@ -368,6 +371,7 @@ static void d_out_connect(kv_direct *d, d_out *o)
         return;
     c->d = d;
     c->owner = o;
+    c->started_ms = d_now(d);
     o->conn = c;
     d->handles++;
     if (o->numeric) {
@@ -575,6 +579,14 @@ static void d_on_idle(uv_timer_t *t)
     for (int b = 0; b < D_NBUCKETS; b++)
         for (d_out *o = d->buckets[b]; o; o = o->next) {
             d_conn *c = o->conn;
+            if (c && !c->up && now - c->started_ms >= D_CONNECT_TIMEOUT_MS) {
+                if (d_warn_due(d, &d->warn_connect_ms))
+                    kv_log_warn("cannot connect to a peer's replica data port: timed out",
+                                KV_STR("peer", o->key), KV_INT("data_port", o->port),
+                                KV_UINT("timeout_ms", D_CONNECT_TIMEOUT_MS));
+                d_conn_fail(c, true);
+                continue;
+            }
             if (c && c->up && !c->writing && o->q.len == 0 &&
                 now - o->last_used_ms >= d->opts.idle_close_ms) {
                 kv_log_debug("closing idle replica data connection", KV_STR("peer", o->key));

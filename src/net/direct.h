@@ -33,7 +33,8 @@
  * counted). A receiver's buffer grows with the bytes that actually arrive, not with the
  * length a frame header announces; at most 1024 inbound connections are kept (more are
  * closed at once, counted). A failed connect
- * drops what was queued and backs off (100 ms doubling to 2 s) before the next attempt; a
+ * (or one not done within 3 s: a firewall that drops packets would otherwise hold it for
+ * minutes) drops what was queued and backs off (100 ms doubling to 2 s) before the next attempt; a
  * send during back-off is dropped and counted. Outgoing connections idle for
  * idle_close_ms are closed. TCP_NODELAY on every connection.
  *

@@ -769,8 +769,11 @@ int kv_membership_send_repl(kv_membership *m, const char *addr, const void *data
     if (m->closing)
         return KV_ECLOSED;
     if (m->direct) {
+        /* KV_EUNAVAIL: the lane cannot take it now (the data port unreachable — maybe only
+         * it is firewalled — or its queue full). nng may still get it there, and a replica
+         * message may arrive by either path: versions and request ids decide, not order. */
         int rc = kv_direct_send(m->direct, addr, data, len);
-        if (rc != KV_ENOTFOUND)
+        if (rc != KV_ENOTFOUND && rc != KV_EUNAVAIL)
             return rc;
     }
     return kv_net_send(m->net, addr, KV_NET_LANE_REPL, data, len);
