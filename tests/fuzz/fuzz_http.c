@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <uv.h>
@@ -153,8 +154,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)g_port)};
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     /* Loopback connect completes in the kernel's backlog, before the loop accepts. */
-    if (connect(c.fd, (struct sockaddr *)&sa, sizeof sa) != 0)
-        fz_die("connect");
+    if (connect(c.fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        /* libFuzzer's timers can interrupt a connect waiting for backlog room: it carries on
+         * in the kernel; wait for its outcome (CI once died here on EINTR). */
+        if (errno != EINTR)
+            fz_die("connect");
+        struct pollfd pfd = {.fd = c.fd, .events = POLLOUT};
+        int err = 0;
+        socklen_t elen = sizeof err;
+        int pr;
+        while ((pr = poll(&pfd, 1, 5000)) < 0 && errno == EINTR) {
+        }
+        if (pr != 1 || getsockopt(c.fd, SOL_SOCKET, SO_ERROR, &err, &elen) != 0 || err != 0)
+            fz_die("connect (after EINTR)");
+    }
     if (size == 0) {
         shutdown(c.fd, SHUT_WR);
         c.wr_done = true;
