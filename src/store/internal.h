@@ -94,6 +94,7 @@ typedef struct store_compaction store_compaction; /* compact.c */
 
 struct kv_store {
     uv_loop_t *loop;
+    struct kv_merkle *merkle; /* anti-entropy tree, NULL without one (see store_acct) */
     kv_sync_mode mode;
     uint32_t node_id;
     uint32_t max_key;

@@ -73,6 +73,7 @@
  */
 #include "store/internal.h"
 
+#include "ae/merkle.h"
 #include "common/grow.h"
 #include "common/hash.h"
 #include "common/log.h"
@@ -262,9 +263,28 @@ bool store_ent_expired(const store_ent *st, uint64_t now_ms)
 
 /* ---------- accounting ---------- */
 
+/* st's item in or out of the anti-entropy tree. st is an index entry (its key bytes). */
+static void merkle_acct(kv_store *s, const store_ent *st, unsigned f, int sign)
+{
+    if (f & STORE_ENT_PURGED)
+        return;
+    uint32_t klen = store_ent_klen(st);
+    kv_version v = {.ts = store_ent_ts(st), .node = store_index_node(&s->index, st->node_ix)};
+    uint64_t d = kv_merkle_item_digest(st->key, klen, &v, (f & STORE_ENT_TOMB) != 0);
+    uint64_t h = kv_ring_hash(st->key, klen);
+    if (sign > 0)
+        kv_merkle_add(s->merkle, h, d);
+    else
+        kv_merkle_remove(s->merkle, h, d);
+}
+
+/* Every entry enters (+1) and leaves (-1) the index's accounting here — inserts, changes
+ * (store_ent_assign), removals, rollbacks, recovery — which is why the tree follows it. */
 void store_acct(kv_store *s, const store_ent *st, int sign)
 {
     unsigned f = store_ent_flags(st);
+    if (s->merkle)
+        merkle_acct(s, st, f, sign);
     if (!(f & (STORE_ENT_EXPIRED | STORE_ENT_PURGED))) {
         store_seg *g = store_find_seg(s, st->seg);
         if (g) {
@@ -1365,6 +1385,11 @@ static void maint_cb(uv_timer_t *h)
 
 /* ---------- stats ---------- */
 
+const struct kv_merkle *store_merkle(const kv_store *s)
+{
+    return s->merkle;
+}
+
 void store_stats(const kv_store *s, kv_store_stats *out)
 {
     *out = s->st;
@@ -1395,6 +1420,7 @@ static void free_store(kv_store *s)
     if (s->dirfd >= 0)
         close(s->dirfd);
     store_index_fini(&s->index);
+    kv_merkle_free(s->merkle);
     free(s->segs);
     free(s->rotated.v);
     free(s->sync.fds.v);
@@ -1440,6 +1466,13 @@ int store_open(kv_store **out, uv_loop_t *loop, const kv_store_opts *opts)
     if (getrandom(&seed, sizeof(seed), GRND_NONBLOCK) != (ssize_t)sizeof(seed))
         seed = uv_hrtime() ^ ((uint64_t)getpid() << 32);
     store_index_init(&s->index, seed);
+    if (opts->merkle_depth) {
+        s->merkle = kv_merkle_new(opts->merkle_depth);
+        if (!s->merkle) {
+            free_store(s);
+            return opts->merkle_depth > KV_MERKLE_MAX_DEPTH ? KV_EINVAL : KV_ENOMEM;
+        }
+    }
 
     int rc = KV_OK;
     size_t plen = strlen(opts->dir) + sizeof("/store");

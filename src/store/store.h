@@ -60,6 +60,12 @@ typedef struct kv_store_opts {
      * ratio above 1 turns automatic compaction off (store_compact still works). */
     double compaction_dead_ratio;
     uint64_t compaction_min_bytes;
+    /* Keep an anti-entropy hash tree (src/ae/merkle.h) of 2^merkle_depth leaves current
+     * on every change of the index — writes, deletes, rollbacks of failed writes, purges,
+     * compaction's drops, recovery at open. 0 = no tree. Every present item counts
+     * (tombstones and values whose expiry has passed too, until compaction drops them);
+     * purged tombstones do not. */
+    unsigned merkle_depth;
 } kv_store_opts;
 
 typedef struct kv_store_stats {
@@ -245,6 +251,10 @@ int store_compact(kv_store *s, store_compact_cb cb, void *arg);
 bool store_compacting(const kv_store *s);
 
 void store_stats(const kv_store *s, kv_store_stats *out);
+
+/* The anti-entropy tree kept by the store (kv_store_opts.merkle_depth), NULL without one.
+ * Valid until store_close; read it on the loop thread. */
+const struct kv_merkle *store_merkle(const kv_store *s);
 
 /*
  * Stop taking writes (new ones fail with KV_ECLOSED), let in-flight fsyncs finish, fsync
