@@ -14,8 +14,9 @@
  */
 #include "node/node.h"
 
-#include "common/pct.h"
+#include "ae/merkle.h"
 #include "common/buf.h"
+#include "common/pct.h"
 #include "common/log.h"
 #include "http/metrics.h"
 #include "http/server.h"
@@ -62,6 +63,9 @@ typedef struct kv_node {
 } kv_node;
 
 #define KV_PREFIX "/v1/kv/"
+
+/* Depth of the storage engine's anti-entropy tree (GET /v1/cluster/digest). */
+#define KV_NODE_TREE_DEPTH 16
 
 /* ---------- data directory ---------- */
 
@@ -267,6 +271,29 @@ static void add_store_gauges(kv_node *n)
                            st.expired_dropped);
 }
 
+/*
+ * GET /v1/cluster/digest: this node's anti-entropy tree root — the sum of the digests of
+ * every key version and tombstone it holds (src/ae/merkle.h). Two replicas of the same
+ * ranges that hold the same data show the same root; with N equal to the cluster size,
+ * every node holds every key and all roots agree once replication has settled.
+ */
+static void respond_digest(kv_node *n, kv_http_req *req)
+{
+    const kv_merkle *t = n->store ? store_merkle(n->store) : NULL;
+    if (!t) {
+        kv_http_respond_problem(req, 503, "not_ready", "the storage engine is not open");
+        return;
+    }
+    kv_store_stats st;
+    store_stats(n->store, &st);
+    char body[256];
+    snprintf(body, sizeof(body),
+             "{\"depth\":%u,\"root\":\"%016" PRIx64 "\",\"keys\":%" PRIu64
+             ",\"tombstones\":%" PRIu64 "}",
+             kv_merkle_depth(t), kv_merkle_root(t), st.keys, st.tombstones);
+    respond_json(req, 200, body);
+}
+
 static void handle_request(kv_http_req *req, void *arg)
 {
     kv_node *n = arg;
@@ -333,6 +360,14 @@ static void handle_request(kv_http_req *req, void *arg)
                             out.len);
         }
         kv_buf_free(&out);
+        return;
+    }
+    if (strcmp(p, "/v1/cluster/digest") == 0) {
+        req->route = "cluster_digest";
+        if (req->method != HTTP_GET)
+            respond_method_not_allowed(req, method_allow_get);
+        else
+            respond_digest(n, req);
         return;
     }
     if (strcmp(p, "/v1/cluster/members") == 0) {
@@ -484,6 +519,8 @@ int kv_node_main(const kv_config *cfg)
         /* 0 means "no minimum" in the config, "the default" in the store. */
         .compaction_min_bytes =
             cfg->storage_compaction_min_bytes ? cfg->storage_compaction_min_bytes : 1,
+        /* 2^16 leaves (1 MiB of sums): a few keys per leaf up to millions of keys. */
+        .merkle_depth = KV_NODE_TREE_DEPTH,
     };
     rc = store_open(&n->store, &n->loop, &so);
     if (rc != KV_OK) {

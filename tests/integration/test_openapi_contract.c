@@ -815,6 +815,8 @@ static const contract_case k_cases[] = {
      NULL, 200, NULL, NULL},
     {"getClusterRing", "cluster ring (a node alone)", "GET", "/v1/cluster/ring", NULL, NULL, 200,
      NULL, NULL},
+    {"getClusterDigest", "anti-entropy digest", "GET", "/v1/cluster/digest", NULL, NULL, 200, NULL,
+     NULL},
     {"listKeys", "list keys with a prefix", "GET", "/v1/kv?prefix=user%2F&limit=10", NULL, NULL,
      200, NULL, NULL},
     {"listKeys", "list with limit=0", "GET", "/v1/kv?limit=0", NULL, NULL, 400, "invalid_query",
