@@ -58,6 +58,7 @@ typedef struct sb_opts {
     uint64_t seed;
     const char *dir;
     bool keep, quick;
+    unsigned merkle_depth;
 } sb_opts;
 
 static sb_opts g_o;
@@ -196,6 +197,7 @@ static kv_store_opts base_opts(const char *dir, kv_sync_mode mode)
         .node_id = 1,
         /* Compaction only when the benchmark asks for it (phase 4). */
         .compaction_dead_ratio = 2.0,
+        .merkle_depth = g_o.merkle_depth,
     };
 }
 
@@ -696,7 +698,9 @@ static void usage(FILE *f)
                "  --window W        puts in flight for sync=always (default 1000)\n"
                "  --max-seconds S   bound on each phase (default 120); a phase cut short says so\n"
                "  --seed S          RNG seed for key order and sampling (default 1)\n"
-               "  --keep            keep the scratch directory\n");
+               "  --keep            keep the scratch directory\n"
+               "  --merkle-depth D  keep an anti-entropy tree of 2^D leaves, as a node does (16);\n"
+               "                    default 0 = none\n");
 }
 
 int main(int argc, char **argv)
@@ -720,6 +724,9 @@ int main(int argc, char **argv)
             i++;
         } else if (v && strcmp(a, "--max-seconds") == 0) {
             g_o.max_seconds = strtod(v, NULL);
+            i++;
+        } else if (v && strcmp(a, "--merkle-depth") == 0) {
+            g_o.merkle_depth = (unsigned)strtoul(v, NULL, 10);
             i++;
         } else if (v && strcmp(a, "--seed") == 0) {
             g_o.seed = strtoull(v, NULL, 0);

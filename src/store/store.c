@@ -263,28 +263,42 @@ bool store_ent_expired(const store_ent *st, uint64_t now_ms)
 
 /* ---------- accounting ---------- */
 
-/* st's item in or out of the anti-entropy tree. st is an index entry (its key bytes). */
-static void merkle_acct(kv_store *s, const store_ent *st, unsigned f, int sign)
-{
-    if (f & STORE_ENT_PURGED)
-        return;
-    uint32_t klen = store_ent_klen(st);
-    kv_version v = {.ts = store_ent_ts(st), .node = store_index_node(&s->index, st->node_ix)};
-    uint64_t d = kv_merkle_item_digest(st->key, klen, &v, (f & STORE_ENT_TOMB) != 0);
-    uint64_t h = kv_ring_hash(st->key, klen);
-    if (sign > 0)
-        kv_merkle_add(s->merkle, h, d);
-    else
-        kv_merkle_remove(s->merkle, h, d);
-}
-
-/* Every entry enters (+1) and leaves (-1) the index's accounting here — inserts, changes
- * (store_ent_assign), removals, rollbacks, recovery — which is why the tree follows it. */
-void store_acct(kv_store *s, const store_ent *st, int sign)
+/* The anti-entropy digest of an entry's item (0: none — a purged tombstone). key: the
+ * index entry's key bytes. */
+static uint64_t merkle_digest(kv_store *s, const uint8_t *key, uint32_t klen, const store_ent *st)
 {
     unsigned f = store_ent_flags(st);
-    if (s->merkle)
-        merkle_acct(s, st, f, sign);
+    if (f & STORE_ENT_PURGED)
+        return 0;
+    kv_version v = {.ts = store_ent_ts(st), .node = store_index_node(&s->index, st->node_ix)};
+    return kv_merkle_item_digest(key, klen, &v, (f & STORE_ENT_TOMB) != 0);
+}
+
+/* The tree follows an entry's item from old_d to new_d (0 = absent). */
+static void merkle_move(kv_store *s, const uint8_t *key, uint32_t klen, uint64_t old_d,
+                        uint64_t new_d)
+{
+    if (old_d != new_d)
+        kv_merkle_update(s->merkle, kv_ring_hash(key, klen), old_d != 0, old_d, new_d != 0, new_d);
+}
+
+static void acct_counts(kv_store *s, const store_ent *st, int sign);
+
+/* Every entry enters (+1) and leaves (-1) the index's accounting here (inserts, removals,
+ * rollbacks, recovery) or in store_ent_assign (changes) — which is why the tree follows
+ * these two. */
+void store_acct(kv_store *s, const store_ent *st, int sign)
+{
+    if (s->merkle) {
+        uint64_t d = merkle_digest(s, st->key, store_ent_klen(st), st);
+        merkle_move(s, st->key, store_ent_klen(st), sign > 0 ? 0 : d, sign > 0 ? d : 0);
+    }
+    acct_counts(s, st, sign);
+}
+
+static void acct_counts(kv_store *s, const store_ent *st, int sign)
+{
+    unsigned f = store_ent_flags(st);
     if (!(f & (STORE_ENT_EXPIRED | STORE_ENT_PURGED))) {
         store_seg *g = store_find_seg(s, st->seg);
         if (g) {
@@ -316,12 +330,21 @@ void store_acct(kv_store *s, const store_ent *st, int sign)
 /* Give entry e the fixed fields of st (keeping its key length), with flags. */
 void store_ent_assign(kv_store *s, store_ent *e, const store_ent *st, unsigned flags)
 {
-    store_acct(s, e, -1);
+    /* One tree update for the change, none when only the location or a flag that does not
+     * change the item moved (commits clear PENDING, compaction moves records). */
+    const unsigned item_flags = STORE_ENT_TOMB | STORE_ENT_PURGED;
+    bool changed = s->merkle && (store_ent_ts(e) != store_ent_ts(st) || e->node_ix != st->node_ix ||
+                                 (store_ent_flags(e) & item_flags) != (flags & item_flags));
+    uint64_t old_d = changed ? merkle_digest(s, e->key, store_ent_klen(e), e) : 0;
+    acct_counts(s, e, -1);
     uint16_t kf = e->kf;
     *e = *st;
     e->kf = kf;
     store_ent_set_flags(e, flags);
-    store_acct(s, e, +1);
+    acct_counts(s, e, +1);
+    if (changed)
+        merkle_move(s, e->key, store_ent_klen(e), old_d,
+                    merkle_digest(s, e->key, store_ent_klen(e), e));
 }
 
 /* Mark a committed entry's value expired (it stays in the index until compaction). */
