@@ -20,18 +20,19 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define D_HELLO              "KVDATA1\n"
-#define D_HELLO_LEN          8
-#define D_KEY_MAX            300
-#define D_NBUCKETS           64
-#define D_BACKOFF_MIN        100
-#define D_BACKOFF_MAX        2000
-#define D_READ_MIN           (64u << 10)
-#define D_READ_KEEP          (256u << 10) /* shrink a read buffer back to this after a big frame */
-#define D_WARN_EVERY_MS      10000
-#define D_MAX_INBOUND        1024 /* a cluster needs one per peer; beyond this is not a cluster */
-#define D_CONNECT_TIMEOUT_MS 3000 /* a firewall that drops SYNs would otherwise hold for minutes   \
-                                   */
+#define D_HELLO         "KVDATA1\n"
+#define D_HELLO_LEN     8
+#define D_KEY_MAX       300
+#define D_NBUCKETS      64
+#define D_BACKOFF_MIN   100
+#define D_BACKOFF_MAX   2000
+#define D_READ_MIN      (64u << 10)
+#define D_READ_KEEP     (256u << 10) /* shrink a read buffer back to this after a big frame */
+#define D_WARN_EVERY_MS 10000
+#define D_MAX_INBOUND   1024 /* a cluster needs one per peer; beyond this is not a cluster */
+#define D_CONNECT_TIMEOUT_MS                                                                       \
+    3000 /* a firewall that drops SYNs would otherwise hold for minutes                            \
+          */
 
 typedef struct d_out d_out;
 
@@ -237,7 +238,12 @@ static void d_on_write(uv_write_t *req, int status)
     d->st.sent_bytes += c->inflight_payload;
     c->inflight_frames = 0;
     c->inflight_payload = 0;
-    kv_buf_reset(&c->inflight);
+    /* A burst grew this buffer (up to queue_max_bytes): give the memory back rather than
+     * keep it for every peer forever. */
+    if (c->inflight.cap > D_READ_KEEP)
+        kv_buf_free(&c->inflight);
+    else
+        kv_buf_reset(&c->inflight);
     if (c->owner)
         d_conn_start_write(c);
 }
