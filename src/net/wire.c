@@ -10,7 +10,7 @@
 #include <string.h>
 
 #define WIRE_MSG_FIELDS    11
-#define WIRE_NODE_FIELDS   6 /* required; a 7th, the data port, is optional */
+#define WIRE_NODE_FIELDS   6 /* required; a 7th (data port) and 8th (HTTP port) are optional */
 #define WIRE_UPDATE_FIELDS 2
 #define WIRE_DIGEST_FIELDS 2
 /* Longest array we accept for a struct (extra trailing fields are skipped). */
@@ -39,7 +39,7 @@ static void wire_put_node(kv_cbor_w *w, const swim_node *n)
         w->err = KV_EINVAL;
         return;
     }
-    kv_cbor_put_array(w, WIRE_NODE_FIELDS + 1);
+    kv_cbor_put_array(w, WIRE_NODE_FIELDS + 2);
     wire_put_id(w, &n->id);
     wire_put_str(w, n->name, SWIM_NAME_MAX);
     wire_put_str(w, n->addr, SWIM_ADDR_MAX);
@@ -47,6 +47,7 @@ static void wire_put_node(kv_cbor_w *w, const swim_node *n)
     kv_cbor_put_uint(w, (uint64_t)n->state);
     kv_cbor_put_uint(w, (uint64_t)n->ring);
     kv_cbor_put_uint(w, n->data_port);
+    kv_cbor_put_uint(w, n->http_port);
 }
 
 int kv_wire_encode(kv_buf *out, const char *from_addr, const swim_msg *m)
@@ -166,16 +167,18 @@ static int wire_get_uint(wire_dec *d, uint64_t max, uint64_t *v)
 static int wire_get_node(wire_dec *d, swim_node *n)
 {
     size_t extra;
-    uint64_t inc, state, ring, data_port = 0;
+    uint64_t inc, state, ring, data_port = 0, http_port = 0;
     memset(n, 0, sizeof(*n));
     if (wire_struct(d, WIRE_NODE_FIELDS, &extra) || wire_get_id(d, &n->id) ||
         wire_get_str(d, n->name, SWIM_NAME_MAX, true) ||
         wire_get_str(d, n->addr, SWIM_ADDR_MAX, false) || wire_get_uint(d, UINT64_MAX, &inc) ||
         wire_get_uint(d, SWIM_LEFT, &state) || wire_get_uint(d, SWIM_RING_REMOVED, &ring) ||
         (extra > 0 && wire_get_uint(d, UINT16_MAX, &data_port)) ||
-        wire_skip(d, extra > 0 ? extra - 1 : 0))
+        (extra > 1 && wire_get_uint(d, UINT16_MAX, &http_port)) ||
+        wire_skip(d, extra > 2 ? extra - 2 : 0))
         return KV_ECORRUPT;
     n->data_port = (uint16_t)data_port;
+    n->http_port = (uint16_t)http_port;
     n->incarnation = inc;
     n->state = (swim_state)state;
     n->ring = (swim_ring_status)ring;

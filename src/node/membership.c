@@ -616,7 +616,7 @@ static uint64_t memb_random_seed(void)
 }
 
 int kv_membership_start(kv_membership **out, uv_loop_t *loop, const kv_config *cfg,
-                        const kv_node_identity *ident, kv_metrics *metrics)
+                        const kv_node_identity *ident, kv_metrics *metrics, int http_port)
 {
     kv_membership *m = calloc(1, sizeof(*m));
     if (!m)
@@ -687,6 +687,7 @@ int kv_membership_start(kv_membership **out, uv_loop_t *loop, const kv_config *c
     self.incarnation = ident->prev_incarnation;
     self.ring = SWIM_RING_NORMAL;
     self.data_port = m->direct ? (uint16_t)kv_direct_port(m->direct) : 0;
+    self.http_port = http_port > 0 && http_port <= 65535 ? (uint16_t)http_port : 0;
     if (rc == KV_OK) {
         m->core = swim_new(&sc, &self, memb_random_seed());
         if (!m->core) {
@@ -811,6 +812,21 @@ static void memb_json_str(kv_buf *b, const char *key, const char *val)
     kv_buf_appends(b, "\"");
 }
 
+/* "http":"host:port" (the member's client API: its SWIM host, its HTTP port) or null. */
+static void memb_json_http(kv_buf *out, const swim_node *nd)
+{
+    const char *colon = strrchr(nd->addr, ':');
+    if (!nd->http_port || !colon) {
+        kv_buf_appends(out, "\"http\":null,");
+        return;
+    }
+    char http[SWIM_ADDR_MAX + 8];
+    snprintf(http, sizeof(http), "%.*s:%u", (int)(colon - nd->addr), nd->addr,
+             (unsigned)nd->http_port);
+    memb_json_str(out, "http", http);
+    kv_buf_appends(out, ",");
+}
+
 int kv_membership_members_json(kv_membership *m, kv_buf *out)
 {
     uv_update_time(m->loop);
@@ -842,6 +858,7 @@ int kv_membership_members_json(kv_membership *m, kv_buf *out)
         kv_buf_appends(out, ",");
         memb_json_str(out, "address", nd->addr);
         kv_buf_appends(out, ",");
+        memb_json_http(out, nd);
         memb_json_str(out, "state", swim_state_name(nd->state));
         kv_buf_printf(out, ",\"incarnation\":%" PRIu64 ",", nd->incarnation);
         memb_json_str(out, "ring_status", swim_ring_status_name(nd->ring));

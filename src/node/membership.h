@@ -26,10 +26,11 @@ typedef struct kv_membership kv_membership;
  * member ident (name node.name) and, when cluster.seeds is not empty, start joining
  * through them. cfg, ident and metrics must outlive the membership. KV_OK; KV_EIO when
  * the peer port cannot be bound; KV_ECONFIG for an unusable advertise address or name;
- * KV_ENOMEM. Every failure is logged.
+ * KV_ENOMEM. Every failure is logged. http_port (the bound client port, 0 = unknown) is
+ * told to the other members, so that tools can reach every node's API.
  */
 int kv_membership_start(kv_membership **out, uv_loop_t *loop, const kv_config *cfg,
-                        const kv_node_identity *ident, kv_metrics *metrics);
+                        const kv_node_identity *ident, kv_metrics *metrics, int http_port);
 
 /* "host:port" other members use to reach this node. */
 const char *kv_membership_advertise(const kv_membership *m);

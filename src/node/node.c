@@ -553,7 +553,8 @@ int kv_node_main(const kv_config *cfg)
                      KV_INT("port", cfg->server_port), KV_ERR(rc));
         goto fail;
     }
-    rc = kv_membership_start(&n->memb, &n->loop, cfg, &n->ident, n->metrics);
+    rc = kv_membership_start(&n->memb, &n->loop, cfg, &n->ident, n->metrics,
+                             kv_http_server_port(n->http));
     if (rc != KV_OK) {
         kv_log_error("cannot start cluster membership", KV_STR("host", cfg->cluster_host),
                      KV_INT("port", cfg->cluster_port), KV_ERR(rc));

@@ -1193,13 +1193,15 @@ static void swim_apply_alive(swim_t *s, uint64_t now, const swim_node *n, bool r
     swim_copy_str(m->pub.node.name, sizeof(m->pub.node.name), n->name);
     swim_copy_str(m->pub.node.addr, sizeof(m->pub.node.addr), n->addr);
     m->pub.node.data_port = n->data_port;
+    m->pub.node.http_port = n->http_port;
     swim_set_node(s, m, n->incarnation, SWIM_ALIVE, n->ring);
     if (old.state != SWIM_ALIVE)
         m->pub.since_ms = now;
     m->pub.confirmations = 0;
     m->n_accusers = 0;
     if (old.state != SWIM_ALIVE || old.ring != n->ring || strcmp(old.addr, n->addr) != 0 ||
-        strcmp(old.name, n->name) != 0 || old.data_port != n->data_port)
+        strcmp(old.name, n->name) != 0 || old.data_port != n->data_port ||
+        old.http_port != n->http_port)
         swim_emit(s, SWIM_EV_MEMBER_UPDATED, m, &old);
     if (old.state == SWIM_DEAD || old.state == SWIM_LEFT) {
         /* back from the dead: probe it again */

@@ -59,7 +59,7 @@
  * sender address, seq, target, target address, flags, digest, array headers) at most
  * SWIM_MSG_WIRE_FIXED plus the length of target_addr.
  */
-#define SWIM_UPDATE_WIRE_FIXED 63
+#define SWIM_UPDATE_WIRE_FIXED 66
 #define SWIM_MSG_WIRE_FIXED    (96 + SWIM_ADDR_MAX)
 
 /* ---------- members ---------- */
@@ -100,6 +100,9 @@ typedef struct swim_node {
     /* Port of the member's replica data lane (src/net/direct.h) on addr's host; 0 = none
      * (reach it over nng). Set by the member itself; travels with its alive updates. */
     uint16_t data_port;
+    /* Port of the member's client HTTP API on addr's host (what `kvtool status` asks each
+     * member); 0 = unknown. Set by the member itself, like data_port. */
+    uint16_t http_port;
 } swim_node;
 
 /* A member as this core knows it (swim_member_at, events). */

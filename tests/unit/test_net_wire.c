@@ -37,6 +37,7 @@ static void assert_node_eq(const swim_node *a, const swim_node *b)
     cr_assert_eq(a->state, b->state);
     cr_assert_eq(a->ring, b->ring);
     cr_assert_eq(a->data_port, b->data_port);
+    cr_assert_eq(a->http_port, b->http_port);
 }
 
 static kv_wire_msg *decode_ok(const kv_buf *b)
@@ -66,6 +67,7 @@ Test(wire, every_type_round_trips)
     swim_update ups[3];
     ups[0].node = mknode(1, "node-a", "10.0.0.1:7946", 7, SWIM_ALIVE, SWIM_RING_NORMAL);
     ups[0].node.data_port = 40001;
+    ups[0].node.http_port = 8080;
     memset(ups[0].from.b, 1, SWIM_ID_LEN);
     ups[1].node =
         mknode(2, "ünïcode name", "[::1]:7000", UINT64_MAX, SWIM_SUSPECT, SWIM_RING_LEAVING);
@@ -277,13 +279,15 @@ Test(wire, newer_peers_may_append_fields)
     kv_buf_free(&b);
 }
 
-/* A PING carrying one update whose node advertises data port 0x1234 (encoded 19 12 34). */
+/* A GOSSIP carrying one update whose node advertises data port 0x1234 (encoded 19 12 34)
+ * and HTTP port 0x2345 (19 23 45, right after it). */
 static void encode_ping_with_port(kv_buf *b, size_t *hdr_at, size_t *port_at)
 {
     swim_update up;
     memset(&up, 0, sizeof(up));
     up.node = mknode(1, "n", "127.0.0.1:7000", 5, SWIM_ALIVE, SWIM_RING_NORMAL);
     up.node.data_port = 0x1234;
+    up.node.http_port = 0x2345;
     swim_msg m;
     memset(&m, 0, sizeof(m));
     m.type = SWIM_MSG_GOSSIP;
@@ -293,8 +297,8 @@ static void encode_ping_with_port(kv_buf *b, size_t *hdr_at, size_t *port_at)
     const uint8_t *p = (const uint8_t *)b->data;
     *hdr_at = *port_at = 0;
     for (size_t i = 0; i + 2 < b->len; i++) {
-        if (p[i] == 0x87 && !*hdr_at)
-            *hdr_at = i; /* the node: an array of 7 fields */
+        if (p[i] == 0x88 && !*hdr_at)
+            *hdr_at = i; /* the node: an array of 8 fields */
         if (p[i] == 0x19 && p[i + 1] == 0x12 && p[i + 2] == 0x34)
             *port_at = i;
     }
@@ -308,14 +312,17 @@ Test(wire, a_node_from_a_peer_without_a_data_port_decodes_with_port_0)
     encode_ping_with_port(&b, &hdr, &port);
     kv_wire_msg *d = decode_ok(&b);
     cr_assert_eq(d->msg.updates[0].node.data_port, 0x1234);
+    cr_assert_eq(d->msg.updates[0].node.http_port, 0x2345);
     kv_wire_msg_free(d);
     free(d);
-    /* The same node as an older peer sends it: 6 fields, no port. */
+    /* The same node as an older peer sends it: 6 fields, no ports. */
+    cr_assert_eq((uint8_t)b.data[port + 3], 0x19);
     b.data[hdr] = (char)0x86;
-    memmove(b.data + port, b.data + port + 3, b.len - port - 3);
-    b.len -= 3;
+    memmove(b.data + port, b.data + port + 6, b.len - port - 6);
+    b.len -= 6;
     d = decode_ok(&b);
     cr_assert_eq(d->msg.updates[0].node.data_port, 0);
+    cr_assert_eq(d->msg.updates[0].node.http_port, 0);
     cr_assert_eq(d->msg.updates[0].node.incarnation, 5);
     kv_wire_msg_free(d);
     free(d);
