@@ -151,17 +151,22 @@ Test(net_transport, a_probe_does_not_wait_behind_bulk_data)
     cr_assert_eq(kv_net_send(a, to_b, KV_NET_LANE_BULK, &hello, 1), KV_OK);
     cr_assert(run_until(&loop, &sb.n, 2, 5000));
 
-    /* 12 MiB of bulk state, then one probe: the probe has a connection of its own. */
-    const size_t big = 3u << 20;
+    /* 48 MiB of bulk state, then one probe: the probe has a connection of its own. The
+     * burst is many times what the kernel's socket buffers hold, so the bulk connection
+     * needs many rounds of reading on the receiver while the probe's is free: with 12 MiB
+     * (which fits in the buffers) CI once saw the probe last on a machine busy enough that
+     * the whole burst was through before nng's thread sent the probe. */
+    const size_t big = 4u << 20;
+    const int nbig = 12;
     uint8_t *p = payload(100, big);
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < nbig; i++) {
         p[0] = (uint8_t)(100 + i);
         cr_assert_eq(kv_net_send(a, to_b, KV_NET_LANE_BULK, p, big), KV_OK);
     }
     free(p);
     uint8_t ping[2] = {7, 8};
     cr_assert_eq(kv_net_send(a, to_b, KV_NET_LANE_PROBE, ping, 2), KV_OK);
-    cr_assert(run_until(&loop, &sb.n, 7, 10000), "received %d of 7", sb.n);
+    cr_assert(run_until(&loop, &sb.n, 3 + nbig, 20000), "received %d of %d", sb.n, 3 + nbig);
     int probe_at = -1, last_bulk_at = -1;
     for (int i = 2; i < sb.n; i++) {
         if (sb.first[i] == 7)
@@ -170,7 +175,7 @@ Test(net_transport, a_probe_does_not_wait_behind_bulk_data)
             last_bulk_at = i;
     }
     cr_assert_geq(probe_at, 0);
-    cr_log_info("probe arrived as message %d of 5 after the burst", probe_at - 1);
+    cr_log_info("probe arrived as message %d of %d after the burst", probe_at - 1, nbig + 1);
     cr_assert_lt(probe_at, last_bulk_at, "the probe arrived after all the bulk data");
     close_all(&loop, a, b);
 }
