@@ -18,6 +18,7 @@
 #include "cli/list.h"
 #include "cli/members.h"
 #include "cli/ring.h"
+#include "cli/status.h"
 #include "client/json.h"
 #include "kvstore/client.h"
 
@@ -80,6 +81,7 @@ static int cmd_health(cli_ctx *x);
 static int cmd_members(cli_ctx *x);
 static int cmd_list(cli_ctx *x);
 static int cmd_ring(cli_ctx *x);
+static int cmd_status(cli_ctx *x);
 
 static const cli_cmd cli_cmds[] = {
     {"get", "KEY", "print the value stored under KEY",
@@ -133,6 +135,17 @@ static const cli_cmd cli_cmds[] = {
      "[{\"name\":..,\"primary_share\":..,\"replica_share\":..},..]}\n"
      "(see GET /v1/cluster/ring in api/openapi.yaml).\n",
      CLI_F_JSON, 0, 0, cmd_ring},
+    {"status", "", "show every member's state, share of the key space, keys, bytes and digest",
+     "Asks the server for the members and the ring, then every live member for its own\n"
+     "figures (at the client address it told in gossip). A table: NAME, STATE, RING (its\n"
+     "place in data placement), OWNED (the share of the key space it holds a copy of),\n"
+     "KEYS, TOMBSTONES, BYTES (live key + value bytes) and DIGEST (the root of its\n"
+     "anti-entropy tree: members holding the same ranges and the same data show the same\n"
+     "digest). A member that could not be asked shows '?' and the reason below the table.\n"
+     "With --json: {\"members\":[{\"name\":..,\"state\":..,\"ring_status\":..,\"owned\":..,\n"
+     "\"http\":..,\"keys\":..,\"tombstones\":..,\"live_bytes\":..,\"disk_bytes\":..,\n"
+     "\"digest\":..,\"error\":..},..]} (null where a member did not answer).\n",
+     CLI_F_JSON, 0, 0, cmd_status},
 };
 
 #define CLI_NCMDS (sizeof(cli_cmds) / sizeof(cli_cmds[0]))
@@ -766,6 +779,19 @@ static int cmd_members(cli_ctx *x)
 static int cmd_ring(cli_ctx *x)
 {
     return cmd_show_json(x, CLI_RING_PATH, cli_ring_print_table, "ring");
+}
+
+static int cmd_status(cli_ctx *x)
+{
+    kv_client_opts opts = {
+        .timeout_ms = x->cfg->client_timeout_ms,
+        .max_body = x->cfg->limits_max_value,
+    };
+    char msg[200] = "";
+    int rc = cli_status_run(x->client, &opts, x->a.json, stdout, msg, sizeof(msg));
+    if (rc != KV_OK)
+        return fail(x, NULL, rc, msg[0] ? msg : NULL);
+    return finish(x, NULL);
 }
 
 static int cmd_list(cli_ctx *x)

@@ -21,23 +21,13 @@
 
 #define MEMBERS_MAX 65536
 
-typedef struct member_row {
-    char name[160];
-    char address[160];
-    char state[16];
-    char incarnation[24];
-    char ring[16];
-    char since[40];
-    bool self;
-} member_row;
-
-static int parse_rows(const char *body, size_t len, member_row **rows_out, size_t *nrows)
+int cli_members_parse(const char *body, size_t len, cli_member **rows_out, size_t *nrows)
 {
     const char *end = body + len, *arr, *arrend, *obj, *oend;
     if (!kvc_jscan_member(body, end, "members", &arr, &arrend) || *arr != '[')
         return -1;
     size_t cap = 16, n = 0;
-    member_row *rows = calloc(cap, sizeof(*rows));
+    cli_member *rows = calloc(cap, sizeof(*rows));
     if (!rows)
         return -1;
     const char *it = arr;
@@ -46,13 +36,13 @@ static int parse_rows(const char *body, size_t len, member_row **rows_out, size_
         if (*obj != '{' || n == MEMBERS_MAX)
             goto bad;
         if (n == cap) {
-            member_row *nr = realloc(rows, 2 * cap * sizeof(*rows));
+            cli_member *nr = realloc(rows, 2 * cap * sizeof(*rows));
             if (!nr)
                 goto bad;
             rows = nr;
             cap *= 2;
         }
-        member_row *r = &rows[n++];
+        cli_member *r = &rows[n++];
         memset(r, 0, sizeof(*r));
         size_t ol = (size_t)(oend - obj);
         char self[8] = "";
@@ -65,6 +55,8 @@ static int parse_rows(const char *body, size_t len, member_row **rows_out, size_
             snprintf(r->ring, sizeof(r->ring), "-");
         if (!kvc_json_str_field(obj, ol, "since", r->since, sizeof(r->since)))
             snprintf(r->since, sizeof(r->since), "-");
+        if (!kvc_json_str_field(obj, ol, "http", r->http, sizeof(r->http)))
+            r->http[0] = '\0'; /* null or absent: an older node */
         r->self =
             kvc_jscan_literal(obj, oend, "self", self, sizeof(self)) && strcmp(self, "true") == 0;
         cli_table_sanitize(r->name);
@@ -72,6 +64,7 @@ static int parse_rows(const char *body, size_t len, member_row **rows_out, size_
         cli_table_sanitize(r->state);
         cli_table_sanitize(r->ring);
         cli_table_sanitize(r->since);
+        cli_table_sanitize(r->http);
     }
     if (more != 0)
         goto bad; /* an element not followed by ',' or ']', or a trailing comma */
@@ -85,9 +78,9 @@ bad:
 
 int cli_members_print_table(const char *body, size_t len, FILE *out)
 {
-    member_row *rows;
+    cli_member *rows;
     size_t n;
-    if (parse_rows(body, len, &rows, &n) != 0)
+    if (cli_members_parse(body, len, &rows, &n) != 0)
         return -1;
     static const char *const head[] = {"NAME", "ADDRESS", "STATE", "INCARNATION", "RING", "SINCE"};
     int w[6];
@@ -96,7 +89,7 @@ int cli_members_print_table(const char *body, size_t len, FILE *out)
     size_t count[5] = {0};
     static const char *const states[] = {"alive", "suspect", "dead", "left"};
     for (size_t i = 0; i < n; i++) {
-        const member_row *r = &rows[i];
+        const cli_member *r = &rows[i];
         const char *cols[6] = {r->name, r->address, r->state, r->incarnation, r->ring, r->since};
         for (int c = 0; c < 6; c++) {
             int cw = cli_table_width(cols[c]) + (c == 0 && r->self ? 2 : 0);
@@ -116,7 +109,7 @@ int cli_members_print_table(const char *body, size_t len, FILE *out)
     }
     fputc('\n', out);
     for (size_t i = 0; i < n; i++) {
-        const member_row *r = &rows[i];
+        const cli_member *r = &rows[i];
         char name[170];
         snprintf(name, sizeof(name), "%s%s", r->name, r->self ? " *" : "");
         const char *cols[6] = {name, r->address, r->state, r->incarnation, r->ring, r->since};

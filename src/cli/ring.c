@@ -18,14 +18,6 @@
 
 #define RING_ROWS_MAX 65536
 
-typedef struct ring_row {
-    char name[256]; /* 64 bytes of name, room for escapes decoded to U+FFFD */
-    char address[256];
-    double primary, replica;
-    unsigned long tokens;
-    bool self;
-} ring_row;
-
 /* A number member in [lo, hi]. */
 static bool number_field(const char *obj, const char *end, const char *name, double lo, double hi,
                          double *out)
@@ -40,7 +32,7 @@ static bool number_field(const char *obj, const char *end, const char *name, dou
     return true;
 }
 
-static bool parse_row(const char *obj, const char *end, ring_row *r)
+static bool parse_row(const char *obj, const char *end, cli_ring_member *r)
 {
     size_t ol = (size_t)(end - obj);
     char self[8];
@@ -59,15 +51,15 @@ static bool parse_row(const char *obj, const char *end, ring_row *r)
     return true;
 }
 
-static int parse_rows(const char *body, size_t len, ring_row **rows_out, size_t *nrows,
-                      double *replicas)
+int cli_ring_parse(const char *body, size_t len, cli_ring_member **rows_out, size_t *nrows,
+                   double *replicas)
 {
     const char *end = body + len, *arr, *arrend, *obj, *oend;
     if (!number_field(body, end, "replicas", 1, 1e6, replicas) ||
         !kvc_jscan_member(body, end, "members", &arr, &arrend) || *arr != '[')
         return -1;
     size_t cap = 16, n = 0;
-    ring_row *rows = malloc(cap * sizeof(*rows));
+    cli_ring_member *rows = malloc(cap * sizeof(*rows));
     if (!rows)
         return -1;
     const char *it = arr;
@@ -76,7 +68,7 @@ static int parse_rows(const char *body, size_t len, ring_row **rows_out, size_t 
         if (*obj != '{' || n == RING_ROWS_MAX)
             goto bad;
         if (n == cap) {
-            ring_row *grown = realloc(rows, 2 * cap * sizeof(*rows));
+            cli_ring_member *grown = realloc(rows, 2 * cap * sizeof(*rows));
             if (!grown)
                 goto bad;
             rows = grown;
@@ -99,10 +91,10 @@ bad:
 
 int cli_ring_print_table(const char *body, size_t len, FILE *out)
 {
-    ring_row *rows;
+    cli_ring_member *rows;
     size_t n;
     double replicas;
-    if (parse_rows(body, len, &rows, &n, &replicas) != 0)
+    if (cli_ring_parse(body, len, &rows, &n, &replicas) != 0)
         return -1;
     enum { NCOL = 5 };
     static const char *const head[NCOL] = {"NAME", "ADDRESS", "PRIMARY", "REPLICA", "TOKENS"};
@@ -115,7 +107,7 @@ int cli_ring_print_table(const char *body, size_t len, FILE *out)
     for (int c = 0; c < NCOL; c++)
         w[c] = (int)strlen(head[c]);
     for (size_t i = 0; i < n; i++) {
-        const ring_row *r = &rows[i];
+        const cli_ring_member *r = &rows[i];
         snprintf(cells[i][0], sizeof(cells[i][0]), "%s%s", r->name, r->self ? " *" : "");
         snprintf(cells[i][1], sizeof(cells[i][1]), "%s", r->address);
         snprintf(cells[i][2], sizeof(cells[i][2]), "%.1f%%", 100.0 * r->primary);

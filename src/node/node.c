@@ -289,8 +289,9 @@ static void respond_digest(kv_node *n, kv_http_req *req)
     char body[256];
     snprintf(body, sizeof(body),
              "{\"depth\":%u,\"root\":\"%016" PRIx64 "\",\"keys\":%" PRIu64
-             ",\"tombstones\":%" PRIu64 "}",
-             kv_merkle_depth(t), kv_merkle_root(t), st.keys, st.tombstones);
+             ",\"tombstones\":%" PRIu64 ",\"live_bytes\":%" PRIu64 ",\"disk_bytes\":%" PRIu64 "}",
+             kv_merkle_depth(t), kv_merkle_root(t), st.keys, st.tombstones, st.live_bytes,
+             st.disk_bytes);
     respond_json(req, 200, body);
 }
 

@@ -371,3 +371,69 @@ Test(kvtool_cluster, two_of_three_killed_quorum_fails_consistency_one_still_read
 
     cr_expect(th_node_stop_clean(&g_c.node[2], 10000), "n2 did not stop cleanly");
 }
+
+/* Count occurrences of needle in s. */
+static int count_of(const char *s, const char *needle)
+{
+    int n = 0;
+    for (const char *p = s; (p = strstr(p, needle)) != NULL; p += strlen(needle))
+        n++;
+    return n;
+}
+
+Test(kvtool_cluster, status_shows_every_member_and_a_dead_one_as_unanswered)
+{
+    start_cluster();
+    char key[16], val[16];
+    for (int i = 0; i < 30; i++) {
+        snprintf(key, sizeof key, "st%02d", i);
+        snprintf(val, sizeof val, "v%d", i);
+        run_out p = KVTOOL(i % 3, "put", key, val);
+        cr_assert_eq(p.rc, 0, "put %s: %s", key, p.err);
+        run_free(&p);
+    }
+    run_out d = KVTOOL(1, "delete", "st07");
+    cr_assert_eq(d.rc, 0, "delete: %s", d.err);
+    run_free(&d);
+
+    /* Every member answers with the same figures once the third replicas have them
+     * (W=2: polled with a deadline). */
+    int64_t deadline = th_now_ms() + 15000;
+    run_out s = {0};
+    for (;;) {
+        s = KVTOOL(2, "status", "--json");
+        cr_assert_eq(s.rc, 0, "kvtool status --json: rc %d: %s", s.rc, s.err);
+        if ((count_of(s.out, "\"keys\":29,") == 3 && count_of(s.out, "\"tombstones\":1,") == 3) ||
+            th_now_ms() > deadline)
+            break;
+        run_free(&s);
+    }
+    cr_assert_eq(count_of(s.out, "\"name\":"), 3, "3 members: %s", s.out);
+    cr_assert_eq(count_of(s.out, "\"keys\":29,"), 3, "29 keys on each: %s", s.out);
+    cr_assert_eq(count_of(s.out, "\"tombstones\":1,"), 3, "1 tombstone on each: %s", s.out);
+    cr_assert_eq(count_of(s.out, "\"owned\":1.000000"), 3, "N = 3 on 3 nodes: %s", s.out);
+    cr_assert_eq(count_of(s.out, "\"error\":null"), 3, "%s", s.out);
+    const char *dg = strstr(s.out, "\"digest\":\"");
+    cr_assert_not_null(dg);
+    char digest[32];
+    snprintf(digest, sizeof digest, "%.28s", dg); /* "digest":"<16 hex>" */
+    cr_assert_eq(count_of(s.out, digest), 3, "one digest on every member: %s", s.out);
+    run_free(&s);
+
+    run_out t = KVTOOL(0, "status");
+    cr_assert_eq(t.rc, 0, "kvtool status: %s", t.err);
+    cr_assert(strstr(t.out, "NAME") && strstr(t.out, "DIGEST") && strstr(t.out, "all equal"),
+              "table: %s", t.out);
+    cr_assert(strstr(t.out, "3 members, 3 answered"), "%s", t.out);
+    run_free(&t);
+
+    /* A member that is dead is listed, not asked, and the command still succeeds. */
+    th_cluster_kill9(&g_c, 2);
+    TH_CLUSTER_CHECK(&g_c, th_cluster_wait_settled(&g_c, 15000) >= 0, "n2 not seen dead");
+    run_out u = KVTOOL(0, "status", "--json");
+    cr_assert_eq(u.rc, 0, "kvtool status with a dead member: rc %d: %s", u.rc, u.err);
+    cr_assert_eq(count_of(u.out, "\"state\":\"dead\""), 1, "%s", u.out);
+    cr_assert_eq(count_of(u.out, "\"keys\":null"), 1, "%s", u.out);
+    cr_assert_eq(count_of(u.out, "\"error\":\"not asked: dead\""), 1, "%s", u.out);
+    run_free(&u);
+}
