@@ -264,6 +264,19 @@ static bool resend_until(env *e, kv_direct *d, const char *key, uint32_t *idx,
     return done(ctx);
 }
 
+/* Send frames *idx.. (count of len bytes, KEY_B; *idx advances past them) and require that
+ * they all reach s, whole and in order, within 3 s. */
+static void send_and_expect_all(env *e, kv_direct *d, sink *s, uint32_t *idx, int count, size_t len)
+{
+    uint64_t before = s->n;
+    send_burst(d, KEY_B, *idx, count, len);
+    *idx += (uint32_t)count;
+    RUN_UNTIL(e, s->n >= before + (uint64_t)count, 3000);
+    SINK_OK(s);
+    cr_assert_eq(s->n, before + (uint64_t)count);
+    cr_assert_eq(s->last, *idx - 1);
+}
+
 static bool got_one(const void *ctx)
 {
     return ((const sink *)ctx)->n >= 1;
@@ -304,6 +317,53 @@ static void be32(uint8_t *p, uint32_t v)
     p[3] = (uint8_t)v;
 }
 
+/* How pair_open sets up the two lanes most tests start from. */
+typedef struct pair_opts {
+    bool strict_a, strict_b;      /* each sink requires every frame, in order */
+    size_t (*len_of)(uint32_t i); /* both sinks: frame i must be this long (NULL: any) */
+    size_t max_msg;               /* both lanes (0: the default) */
+    size_t queue_max_a;           /* lane A's queue bound (0: the default) */
+    uint64_t idle_ms_a;           /* lane A's idle close (0: the default, 60 s) */
+    const char *route_key;        /* A's key for B (NULL: KEY_B) */
+    bool no_route;                /* A starts without a route to B */
+} pair_opts;
+
+/* A loop in *e, lane A delivering into *sa and lane B into *sb (each on a port of its own),
+ * and A routed to B unless o.no_route. pair_close undoes it. */
+static void pair_open(env *e, sink *sa, sink *sb, kv_direct **a, kv_direct **b, pair_opts o)
+{
+    env_init(e);
+    sink_init(sa, o.strict_a, o.len_of);
+    sink_init(sb, o.strict_b, o.len_of);
+    *a = open_direct(e, sa, 0, o.max_msg, o.queue_max_a, o.idle_ms_a);
+    *b = open_direct(e, sb, 0, o.max_msg, 0, 0);
+    if (!o.no_route) {
+        int rc = kv_direct_set_route(*a, o.route_key ? o.route_key : KEY_B, kv_direct_port(*b));
+        cr_assert_eq(rc, KV_OK);
+    }
+}
+
+/* Close lanes a and b, then require that nothing is left on the loop. */
+static void pair_close(env *e, kv_direct *a, kv_direct *b)
+{
+    close_direct(e, a);
+    close_direct(e, b);
+    env_fini(e);
+}
+
+/* Connect to port, send len bytes and require that the listener closes the connection
+ * (the failure says "<what> did not close the connection"). */
+static void send_raw_expect_close(env *e, int port, const void *bytes, size_t len, const char *what)
+{
+    int fd = th_connect(port, 2000);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(th_send_all(fd, bytes, len), 0);
+    bool closed = false;
+    RUN_UNTIL(e, (closed = peer_closed(fd)), 3000);
+    cr_assert(closed, "%s did not close the connection", what);
+    close(fd);
+}
+
 /* ------------------------------------------------------------------ tests */
 
 Test(net_direct, open_refuses_bad_options, .timeout = 20)
@@ -339,14 +399,11 @@ Test(net_direct, ten_thousand_frames_each_way_arrive_whole_and_in_order, .timeou
 {
     enum { N = 10000, WINDOW = 256 };
     env e;
-    env_init(&e);
     sink sa, sb;
-    sink_init(&sa, true, varied_len);
-    sink_init(&sb, true, varied_len);
-    kv_direct *a = open_direct(&e, &sa, 0, 0, 0, 0);
-    kv_direct *b = open_direct(&e, &sb, 0, 0, 0, 0);
+    kv_direct *a, *b;
+    pair_open(&e, &sa, &sb, &a, &b,
+              (pair_opts){.strict_a = true, .strict_b = true, .len_of = varied_len});
     cr_assert_neq(kv_direct_port(a), kv_direct_port(b));
-    cr_assert_eq(kv_direct_set_route(a, KEY_B, kv_direct_port(b)), KV_OK);
     cr_assert_eq(kv_direct_set_route(b, KEY_A, kv_direct_port(a)), KV_OK);
 
     uint8_t *buf = malloc(65536);
@@ -405,9 +462,7 @@ Test(net_direct, ten_thousand_frames_each_way_arrive_whole_and_in_order, .timeou
     cr_assert_eq(as.connect_failures + as.bad_hello + as.bad_frame, 0);
     cr_assert_eq(bs.dropped_queue_full + bs.dropped_unreachable + bs.dropped_conn_lost, 0);
     cr_assert_eq(bs.connect_failures + bs.bad_hello + bs.bad_frame, 0);
-    close_direct(&e, a);
-    close_direct(&e, b);
-    env_fini(&e);
+    pair_close(&e, a, b);
 }
 
 /* Brief item 2. */
@@ -415,13 +470,9 @@ Test(net_direct, a_large_frame_arrives_and_the_size_limits_hold, .timeout = 20)
 {
     const size_t max = 2u << 20;
     env e;
-    env_init(&e);
     sink sa, sb;
-    sink_init(&sa, false, NULL);
-    sink_init(&sb, true, NULL);
-    kv_direct *a = open_direct(&e, &sa, 0, max, 0, 0);
-    kv_direct *b = open_direct(&e, &sb, 0, max, 0, 0);
-    cr_assert_eq(kv_direct_set_route(a, KEY_B, kv_direct_port(b)), KV_OK);
+    kv_direct *a, *b;
+    pair_open(&e, &sa, &sb, &a, &b, (pair_opts){.strict_b = true, .max_msg = max});
 
     uint8_t *buf = malloc(max + 1);
     cr_assert_not_null(buf);
@@ -445,9 +496,7 @@ Test(net_direct, a_large_frame_arrives_and_the_size_limits_hold, .timeout = 20)
     cr_assert_eq(as.sent, 2, "refused frames are not counted as sent");
     cr_assert_eq(bs.received, 2);
     cr_assert_eq(bs.bad_frame, 0);
-    close_direct(&e, a);
-    close_direct(&e, b);
-    env_fini(&e);
+    pair_close(&e, a, b);
 }
 
 /* Beyond the brief: more than the socket takes at once, sent without running the loop, so
@@ -458,13 +507,9 @@ Test(net_direct, a_burst_larger_than_the_socket_buffer_arrives_in_order_and_is_c
     enum { N = 128 };
     const size_t len = 65536 + 3; /* odd, so frame ends do not line up with buffer sizes */
     env e;
-    env_init(&e);
     sink sa, sb;
-    sink_init(&sa, false, NULL);
-    sink_init(&sb, true, NULL);
-    kv_direct *a = open_direct(&e, &sa, 0, 0, 0, 0);
-    kv_direct *b = open_direct(&e, &sb, 0, 0, 0, 0);
-    cr_assert_eq(kv_direct_set_route(a, KEY_B, kv_direct_port(b)), KV_OK);
+    kv_direct *a, *b;
+    pair_open(&e, &sa, &sb, &a, &b, (pair_opts){.strict_b = true});
     send_burst(a, KEY_B, 0, 1, 64); /* connect first: the burst meets an open connection */
     RUN_UNTIL(&e, sb.n >= 1, 3000);
     cr_assert_eq(sb.n, 1);
@@ -475,9 +520,7 @@ Test(net_direct, a_burst_larger_than_the_socket_buffer_arrives_in_order_and_is_c
     cr_assert_eq(sb.n, N + 1, "%llu of %d frames arrived", (unsigned long long)sb.n, N + 1);
     /* Counters are read first and checked after the close, so a wrong one leaves no leak. */
     kv_direct_stats as = stats(a), bs = stats(b);
-    close_direct(&e, a);
-    close_direct(&e, b);
-    env_fini(&e);
+    pair_close(&e, a, b);
     cr_assert_eq(bs.received_bytes, 64 + N * len);
     cr_assert_eq(as.sent, N + 1);
     cr_assert_eq(as.sent_bytes, bs.received_bytes,
@@ -491,33 +534,24 @@ Test(net_direct, a_burst_larger_than_the_socket_buffer_arrives_in_order_and_is_c
 Test(net_direct, a_key_with_a_host_name_is_resolved, .timeout = 20)
 {
     env e;
-    env_init(&e);
     sink sa, sb;
-    sink_init(&sa, false, NULL);
-    sink_init(&sb, true, NULL);
-    kv_direct *a = open_direct(&e, &sa, 0, 0, 0, 0);
-    kv_direct *b = open_direct(&e, &sb, 0, 0, 0, 0);
-    cr_assert_eq(kv_direct_set_route(a, "localhost:7002", kv_direct_port(b)), KV_OK);
+    kv_direct *a, *b;
+    pair_open(&e, &sa, &sb, &a, &b, (pair_opts){.strict_b = true, .route_key = "localhost:7002"});
     send_burst(a, "localhost:7002", 0, 5, 100);
     RUN_UNTIL(&e, sb.n >= 5, 5000);
     SINK_OK(&sb);
     cr_assert_eq(sb.n, 5, "%llu of 5 frames arrived (connect_failures %llu)",
                  (unsigned long long)sb.n, (unsigned long long)stats(a).connect_failures);
-    close_direct(&e, a);
-    close_direct(&e, b);
-    env_fini(&e);
+    pair_close(&e, a, b);
 }
 
 /* Brief item 3. */
 Test(net_direct, routes_are_required_and_keys_are_checked, .timeout = 20)
 {
     env e;
-    env_init(&e);
     sink sa, sb;
-    sink_init(&sa, false, NULL);
-    sink_init(&sb, false, NULL);
-    kv_direct *a = open_direct(&e, &sa, 0, 0, 0, 0);
-    kv_direct *b = open_direct(&e, &sb, 0, 0, 0, 0);
+    kv_direct *a, *b;
+    pair_open(&e, &sa, &sb, &a, &b, (pair_opts){.no_route = true});
     int pb = kv_direct_port(b);
 
     cr_assert_not(kv_direct_has_route(a, KEY_B));
@@ -555,9 +589,7 @@ Test(net_direct, routes_are_required_and_keys_are_checked, .timeout = 20)
 
     kv_direct_stats as = stats(a);
     cr_assert_eq(as.sent, 1);
-    close_direct(&e, a);
-    close_direct(&e, b);
-    env_fini(&e);
+    pair_close(&e, a, b);
 }
 
 /* Brief item 4. */
@@ -571,48 +603,33 @@ Test(net_direct, bad_bytes_close_one_connection_and_partial_reads_reassemble, .t
     sink_init(&sb, false, NULL);
     kv_direct *b = open_direct(&e, &sb, 0, max, 0, 0);
     int pb = kv_direct_port(b);
-    bool closed = false;
 
     /* A wrong hello, and an HTTP request: each connection is closed by the listener. */
-    int fd = th_connect(pb, 2000);
-    cr_assert_geq(fd, 0);
-    cr_assert_eq(th_send_all(fd, "KVDATA2\n", 8), 0);
-    RUN_UNTIL(&e, (closed = peer_closed(fd)), 3000);
-    cr_assert(closed, "a wrong hello did not close the connection");
-    close(fd);
+    send_raw_expect_close(&e, pb, "KVDATA2\n", 8, "a wrong hello");
     RUN_UNTIL(&e, stats(b).bad_hello >= 1, 1000);
     cr_assert_eq(stats(b).bad_hello, 1);
 
-    fd = th_connect(pb, 2000);
-    cr_assert_geq(fd, 0);
     static const char http[] = "GET /v1/kv/x HTTP/1.1\r\nHost: a\r\n\r\n";
-    cr_assert_eq(th_send_all(fd, http, sizeof http - 1), 0);
-    RUN_UNTIL(&e, (closed = peer_closed(fd)), 3000);
-    cr_assert(closed, "an HTTP request did not close the connection");
-    close(fd);
+    send_raw_expect_close(&e, pb, http, sizeof http - 1, "an HTTP request");
     RUN_UNTIL(&e, stats(b).bad_hello >= 2, 1000);
     cr_assert_eq(stats(b).bad_hello, 2);
 
     /* The right hello, then a length over max_msg (and one of 4 GiB - 1). */
     static const uint32_t too_long[] = {1025, 0xffffffffu};
     for (size_t i = 0; i < 2; i++) {
-        fd = th_connect(pb, 2000);
-        cr_assert_geq(fd, 0);
         uint8_t m[12];
         memcpy(m, "KVDATA1\n", 8);
         be32(m + 8, too_long[i]);
-        cr_assert_eq(th_send_all(fd, m, sizeof m), 0);
-        closed = false;
-        RUN_UNTIL(&e, (closed = peer_closed(fd)), 3000);
-        cr_assert(closed, "a frame of %u bytes did not close the connection", too_long[i]);
-        close(fd);
+        char what[48];
+        snprintf(what, sizeof what, "a frame of %u bytes", too_long[i]);
+        send_raw_expect_close(&e, pb, m, sizeof m, what);
         RUN_UNTIL(&e, stats(b).bad_frame >= i + 1, 1000);
         cr_assert_eq(stats(b).bad_frame, i + 1);
     }
     cr_assert_eq(sb.n, 0, "nothing was delivered from the bad connections");
 
     /* A client that leaves mid-hello: nothing counted as a frame, nothing breaks. */
-    fd = th_connect(pb, 2000);
+    int fd = th_connect(pb, 2000);
     cr_assert_geq(fd, 0);
     cr_assert_eq(th_send_all(fd, "KVD", 3), 0);
     run_for(&e, 20);
@@ -680,9 +697,7 @@ Test(net_direct, bad_bytes_close_one_connection_and_partial_reads_reassemble, .t
     SINK_OK(&sb);
     cr_assert_eq(sb.n, 14);
     cr_assert_eq(sb.last, 20);
-    close_direct(&e, a);
-    close_direct(&e, b);
-    env_fini(&e);
+    pair_close(&e, a, b);
 }
 
 /* Brief item 5. */
@@ -756,17 +771,9 @@ Test(net_direct, a_destination_that_is_down_costs_counted_drops_then_recovers, .
     cr_assert_geq(sb.last, 80, "a frame lost during the outage arrived");
 
     /* From now on nothing is lost. */
-    uint64_t before = sb.n;
-    send_burst(a, KEY_B, idx, 10, 100);
-    idx += 10;
-    RUN_UNTIL(&e, sb.n >= before + 10, 3000);
-    SINK_OK(&sb);
-    cr_assert_eq(sb.n, before + 10);
-    cr_assert_eq(sb.last, idx - 1);
+    send_and_expect_all(&e, a, &sb, &idx, 10, 100);
     cr_assert_eq(stats(a).conns_out, 1);
-    close_direct(&e, a);
-    close_direct(&e, b);
-    env_fini(&e);
+    pair_close(&e, a, b);
 }
 
 static bool sender_noticed(const void *ctx)
@@ -779,15 +786,11 @@ static bool sender_noticed(const void *ctx)
 Test(net_direct, a_receiver_that_goes_away_is_noticed_and_reconnected_to, .timeout = 30)
 {
     env e;
-    env_init(&e);
     sink sa, sb, sb2;
-    sink_init(&sa, false, NULL);
-    sink_init(&sb, false, NULL);
+    kv_direct *a, *b;
+    pair_open(&e, &sa, &sb, &a, &b, (pair_opts){0});
     sink_init(&sb2, false, NULL);
-    kv_direct *a = open_direct(&e, &sa, 0, 0, 0, 0);
-    kv_direct *b = open_direct(&e, &sb, 0, 0, 0, 0);
     int pb = kv_direct_port(b);
-    cr_assert_eq(kv_direct_set_route(a, KEY_B, pb), KV_OK);
     uint32_t idx = 0;
     send_burst(a, KEY_B, idx, 5, 64);
     idx += 5;
@@ -813,30 +816,18 @@ Test(net_direct, a_receiver_that_goes_away_is_noticed_and_reconnected_to, .timeo
               "nothing reached the new receiver within 6 s");
     SINK_OK(&sb2);
     cr_assert_geq(sb2.last, 5);
-    uint64_t before = sb2.n;
-    send_burst(a, KEY_B, idx, 20, 64);
-    idx += 20;
-    RUN_UNTIL(&e, sb2.n >= before + 20, 3000);
-    SINK_OK(&sb2);
-    cr_assert_eq(sb2.n, before + 20);
-    cr_assert_eq(sb2.last, idx - 1);
+    send_and_expect_all(&e, a, &sb2, &idx, 20, 64);
     cr_assert_eq(stats(a).conns_out, 1);
-    close_direct(&e, a);
-    close_direct(&e, b2);
-    env_fini(&e);
+    pair_close(&e, a, b2);
 }
 
 /* Brief item 7. */
 Test(net_direct, the_queue_per_destination_is_bounded, .timeout = 20)
 {
     env e;
-    env_init(&e);
     sink sa, sb;
-    sink_init(&sa, false, NULL);
-    sink_init(&sb, true, NULL);
-    kv_direct *a = open_direct(&e, &sa, 0, 0, 4096, 0);
-    kv_direct *b = open_direct(&e, &sb, 0, 0, 0, 0);
-    cr_assert_eq(kv_direct_set_route(a, KEY_B, kv_direct_port(b)), KV_OK);
+    kv_direct *a, *b;
+    pair_open(&e, &sa, &sb, &a, &b, (pair_opts){.strict_b = true, .queue_max_a = 4096});
 
     /* The connection is not up until the loop runs: everything queues, 4096 bytes at most
      * (four 1000-byte frames fit even with their length prefixes, five do not). */
@@ -869,24 +860,18 @@ Test(net_direct, the_queue_per_destination_is_bounded, .timeout = 20)
     SINK_OK(&sb);
     cr_assert_eq(sb.n, (uint64_t)ok + 3);
     cr_assert_eq(stats(a).sent, (uint64_t)ok + 3);
-    close_direct(&e, a);
-    close_direct(&e, b);
-    env_fini(&e);
+    pair_close(&e, a, b);
 }
 
 /* Brief item 8. */
 Test(net_direct, a_route_change_moves_traffic_to_the_new_port, .timeout = 20)
 {
     env e;
-    env_init(&e);
     sink sa, sb1, sb2;
-    sink_init(&sa, false, NULL);
-    sink_init(&sb1, true, NULL);
+    kv_direct *a, *b1;
+    pair_open(&e, &sa, &sb1, &a, &b1, (pair_opts){.strict_b = true});
     sink_init(&sb2, true, NULL);
-    kv_direct *a = open_direct(&e, &sa, 0, 0, 0, 0);
-    kv_direct *b1 = open_direct(&e, &sb1, 0, 0, 0, 0);
     kv_direct *b2 = open_direct(&e, &sb2, 0, 0, 0, 0);
-    cr_assert_eq(kv_direct_set_route(a, KEY_B, kv_direct_port(b1)), KV_OK);
     send_burst(a, KEY_B, 0, 10, 128);
     RUN_UNTIL(&e, sb1.n >= 10, 3000);
     cr_assert_eq(sb1.n, 10);
@@ -913,23 +898,17 @@ Test(net_direct, a_route_change_moves_traffic_to_the_new_port, .timeout = 20)
     kv_direct_stats as = stats(a);
     cr_assert_eq(as.conns_out, 1);
     cr_assert_eq(as.sent, 25);
-    close_direct(&e, a);
-    close_direct(&e, b1);
     close_direct(&e, b2);
-    env_fini(&e);
+    pair_close(&e, a, b1);
 }
 
 /* Brief item 9. */
 Test(net_direct, close_with_connections_and_queued_frames_releases_everything, .timeout = 20)
 {
     env e;
-    env_init(&e);
     sink sa, sb;
-    sink_init(&sa, false, NULL);
-    sink_init(&sb, false, NULL);
-    kv_direct *a = open_direct(&e, &sa, 0, 0, 0, 0);
-    kv_direct *b = open_direct(&e, &sb, 0, 0, 0, 0);
-    cr_assert_eq(kv_direct_set_route(a, KEY_B, kv_direct_port(b)), KV_OK);
+    kv_direct *a, *b;
+    pair_open(&e, &sa, &sb, &a, &b, (pair_opts){0});
     cr_assert_eq(kv_direct_set_route(b, KEY_A, kv_direct_port(a)), KV_OK);
     send_burst(a, KEY_B, 0, 1, 64);
     send_burst(b, KEY_A, 0, 1, 64);
@@ -977,13 +956,9 @@ Test(net_direct, close_with_connections_and_queued_frames_releases_everything, .
 Test(net_direct, idle_outgoing_connections_close_and_reopen_on_demand, .timeout = 20)
 {
     env e;
-    env_init(&e);
     sink sa, sb;
-    sink_init(&sa, false, NULL);
-    sink_init(&sb, true, NULL);
-    kv_direct *a = open_direct(&e, &sa, 0, 0, 0, 200);
-    kv_direct *b = open_direct(&e, &sb, 0, 0, 0, 0);
-    cr_assert_eq(kv_direct_set_route(a, KEY_B, kv_direct_port(b)), KV_OK);
+    kv_direct *a, *b;
+    pair_open(&e, &sa, &sb, &a, &b, (pair_opts){.strict_b = true, .idle_ms_a = 200});
     uint32_t idx = 0;
     send_burst(a, KEY_B, idx++, 1, 64);
     RUN_UNTIL(&e, sb.n >= 1, 3000);
@@ -1030,7 +1005,5 @@ Test(net_direct, idle_outgoing_connections_close_and_reopen_on_demand, .timeout 
     cr_assert_eq(as.conns_out, 1);
     cr_assert_eq(as.sent, idx);
     cr_assert_eq(as.dropped_conn_lost + as.dropped_unreachable + as.connect_failures, 0);
-    close_direct(&e, a);
-    close_direct(&e, b);
-    env_fini(&e);
+    pair_close(&e, a, b);
 }
