@@ -12,11 +12,12 @@
 #include "store/format.h"
 #include "store/store.h"
 
+#include "storefix.h"
+
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <inttypes.h>
 #include <lz4.h>
 #include <signal.h>
@@ -44,72 +45,25 @@
             cr_expect_fail(__VA_ARGS__);                                                           \
     } while (0)
 
-static char g_dir[256];
-static uv_loop_t g_loop;
-static uv_timer_t g_tick;
+static storefix g_fx;
 
-/* ---------- fixture ---------- */
-
-static void tick_cb(uv_timer_t *t)
-{
-    (void)t;
-}
+/* ---------- fixture (tests/support/storefix.h) ---------- */
 
 static void setup(void)
 {
-    const char *tmp = getenv("TMPDIR");
-    snprintf(g_dir, sizeof(g_dir), "%s/kvstore-test-store-XXXXXX", tmp && *tmp ? tmp : "/tmp");
-    cr_assert_not_null(mkdtemp(g_dir), "mkdtemp: %s", strerror(errno));
-    cr_assert_eq(uv_loop_init(&g_loop), 0);
-    uv_timer_init(&g_loop, &g_tick);
-}
-
-static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
+    storefix_init(&g_fx, "store");
 }
 
 static void teardown(void)
 {
-    uv_close((uv_handle_t *)&g_tick, NULL);
-    uv_run(&g_loop, UV_RUN_DEFAULT);
-    /* Everything the store opened must be closed by now. */
-    cr_expect_eq(uv_loop_close(&g_loop), 0, "loop still has handles");
-    nftw(g_dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    storefix_fini(&g_fx);
 }
 
 TestSuite(store, .init = setup, .fini = teardown);
 
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-/* Run the loop until *flag is true or timeout_ms passes; a 5 ms ticker makes sure a
- * loop iteration never blocks longer than that. Returns *flag. */
-static bool run_until_cond(bool (*cond)(void *), void *arg, int timeout_ms)
-{
-    uint64_t deadline = uv_hrtime() + (uint64_t)timeout_ms * 1000000u;
-    uv_timer_start(&g_tick, tick_cb, 5, 5);
-    while (!cond(arg) && uv_hrtime() < deadline)
-        uv_run(&g_loop, UV_RUN_ONCE);
-    uv_timer_stop(&g_tick);
-    return cond(arg);
-}
-
-static bool flag_set(void *arg)
-{
-    return *(bool *)arg;
-}
-
 static bool run_until(bool *flag, int timeout_ms)
 {
-    return run_until_cond(flag_set, flag, timeout_ms);
+    return storefix_run_until(&g_fx, storefix_flag_set, flag, timeout_ms);
 }
 
 typedef struct wres {
@@ -159,7 +113,7 @@ static bool wcount_done(void *arg)
 static kv_store_opts opts_for(kv_sync_mode mode, uint64_t seg_bytes)
 {
     return (kv_store_opts){
-        .dir = g_dir,
+        .dir = g_fx.dir,
         .sync = mode,
         .sync_interval_ms = 20,
         .segment_bytes = seg_bytes,
@@ -173,7 +127,7 @@ static kv_store *open_store(kv_sync_mode mode, uint64_t seg_bytes)
 {
     kv_store *s = NULL;
     kv_store_opts o = opts_for(mode, seg_bytes);
-    int rc = store_open(&s, &g_loop, &o);
+    int rc = store_open(&s, &g_fx.loop, &o);
     cr_assert_eq(rc, KV_OK, "store_open: %s", kv_strerror(rc));
     cr_assert_not_null(s);
     return s;
@@ -200,7 +154,7 @@ static kv_version put_exp(kv_store *s, const char *key, const void *val, size_t 
     int rc = store_put(s, key, strlen(key), val, vlen, expiry, write_cb, &r);
     CHECK(rc == KV_OK, "store_put(%s): %s", key, kv_strerror(rc));
     CHECK(r.calls == 0, "callback ran inside store_put");
-    CHECK(run_until_cond(wres_done, &r, 10000), "put callback never came");
+    CHECK(storefix_run_until(&g_fx, wres_done, &r, 10000), "put callback never came");
     CHECK(r.calls == 1, "%d callbacks", r.calls);
     CHECK(r.status == KV_OK, "put(%s) completed with %s", key, kv_strerror(r.status));
     return r.ver;
@@ -217,7 +171,7 @@ static kv_version del_key(kv_store *s, const char *key)
     int rc = store_delete(s, key, strlen(key), write_cb, &r);
     CHECK(rc == KV_OK, "store_delete(%s): %s", key, kv_strerror(rc));
     CHECK(r.calls == 0, "callback ran inside store_delete");
-    CHECK(run_until_cond(wres_done, &r, 10000), "delete callback never came");
+    CHECK(storefix_run_until(&g_fx, wres_done, &r, 10000), "delete callback never came");
     CHECK(r.status == KV_OK, "delete(%s) completed with %s", key, kv_strerror(r.status));
     return r.ver;
 }
@@ -259,7 +213,7 @@ static void expect_missing(kv_store *s, const char *key)
 
 static void seg_path(char *out, size_t cap, uint32_t id)
 {
-    snprintf(out, cap, "%s/store/%010u.seg", g_dir, id);
+    snprintf(out, cap, "%s/store/%010u.seg", g_fx.dir, id);
 }
 
 static off_t file_size(const char *path)
@@ -272,7 +226,7 @@ static off_t file_size(const char *path)
 static int count_segments(uint64_t *total_bytes)
 {
     char dir[300];
-    snprintf(dir, sizeof(dir), "%s/store", g_dir);
+    snprintf(dir, sizeof(dir), "%s/store", g_fx.dir);
     DIR *d = opendir(dir);
     cr_assert_not_null(d);
     int n = 0;
@@ -304,7 +258,7 @@ static char g_cap_path[320];
 
 static void capture_begin(void)
 {
-    snprintf(g_cap_path, sizeof(g_cap_path), "%s/stderr.log", g_dir);
+    snprintf(g_cap_path, sizeof(g_cap_path), "%s/stderr.log", g_fx.dir);
     fflush(stderr);
     g_saved_stderr = dup(STDERR_FILENO);
     int fd = open(g_cap_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -457,7 +411,7 @@ Test(store, binary_keys_and_values)
         val[i] = (uint8_t)i;
     wres r = {0};
     cr_assert_eq(store_put(s, key, sizeof(key), val, sizeof(val), 0, write_cb, &r), KV_OK);
-    cr_assert(run_until_cond(wres_done, &r, 5000));
+    cr_assert(storefix_run_until(&g_fx, wres_done, &r, 5000));
     kv_buf b = KV_BUF_INIT;
     cr_assert_eq(store_get(s, key, sizeof(key), &b, NULL), KV_OK);
     cr_expect_eq(b.len, sizeof(val));
@@ -545,7 +499,7 @@ Test(store, many_keys_reopen)
               key);
     }
     uint64_t t1 = uv_hrtime();
-    cr_assert(run_until_cond(wcount_done, &c, 30000));
+    cr_assert(storefix_run_until(&g_fx, wcount_done, &c, 30000));
     cr_expect_eq(c.ok, N);
     cr_expect(c.ordered, "completions out of order");
     fprintf(stderr, "store: %d puts (sync=never) in %.1f ms: %.0f puts/s\n", N,
@@ -775,7 +729,7 @@ Test(store, corrupt_middle_record_is_skipped)
 static void remove_hints(void)
 {
     char dir[300];
-    snprintf(dir, sizeof(dir), "%s/store", g_dir);
+    snprintf(dir, sizeof(dir), "%s/store", g_fx.dir);
     DIR *d = opendir(dir);
     cr_assert_not_null(d);
     struct dirent *de;
@@ -871,7 +825,7 @@ Test(store, corruption_while_open_is_never_served)
 Test(store, newer_format_is_refused)
 {
     char dir[300], p[320];
-    snprintf(dir, sizeof(dir), "%s/store", g_dir);
+    snprintf(dir, sizeof(dir), "%s/store", g_fx.dir);
     cr_assert_eq(mkdir(dir, 0755), 0);
     seg_path(p, sizeof(p), 1);
     uint8_t hdr[STORE_SEG_HDR_LEN];
@@ -884,7 +838,7 @@ Test(store, newer_format_is_refused)
 
     kv_store *s = NULL;
     kv_store_opts o = opts_for(KV_SYNC_NEVER, 0);
-    cr_expect_eq(store_open(&s, &g_loop, &o), KV_ECORRUPT);
+    cr_expect_eq(store_open(&s, &g_fx.loop, &o), KV_ECORRUPT);
     cr_expect_null(s);
     cr_expect_eq(file_size(p), (off_t)sizeof(hdr), "a newer segment must be left untouched");
 }
@@ -894,7 +848,7 @@ Test(store, reads_lz4_records)
     /* Hand-build a segment holding an LZ4-compressed record (flag bit 0), as a later
      * version writing compressed values would. */
     char dir[300], p[320];
-    snprintf(dir, sizeof(dir), "%s/store", g_dir);
+    snprintf(dir, sizeof(dir), "%s/store", g_fx.dir);
     cr_assert_eq(mkdir(dir, 0755), 0);
     seg_path(p, sizeof(p), 1);
     char raw[4000];
@@ -958,7 +912,7 @@ Test(store, key_and_value_limits)
 
     /* The limits themselves are fine. */
     cr_assert_eq(store_put(s, big, 1024, big, 1 << 20, 0, write_cb, &r), KV_OK);
-    cr_assert(run_until_cond(wres_done, &r, 5000));
+    cr_assert(storefix_run_until(&g_fx, wres_done, &r, 5000));
     cr_expect_eq(r.calls, 1, "refused writes must not call back");
     cr_expect_eq(r.status, KV_OK);
     cr_assert_eq(store_get(s, big, 1024, &b, NULL), KV_OK);
@@ -976,7 +930,7 @@ Test(store, key_and_value_limits)
 Test(store, expired_records_read_as_missing)
 {
     kv_store *s = open_store(KV_SYNC_INTERVAL, 0);
-    uint64_t now = now_ms();
+    uint64_t now = storefix_now_ms();
     put_exp(s, "past", "gone", 4, now - 1000);
     put_exp(s, "future", "here", 4, now + 3600 * 1000);
     put_str(s, "forever", "always");
@@ -987,15 +941,15 @@ Test(store, expired_records_read_as_missing)
     cr_expect_eq(st.keys, 2u, "an expired key is not live");
 
     /* A short TTL: served until its deadline, never after. */
-    uint64_t soon = now_ms() + 150;
+    uint64_t soon = storefix_now_ms() + 150;
     put_exp(s, "soon", "brief", 5, soon);
-    uint64_t deadline = now_ms() + 10000;
+    uint64_t deadline = storefix_now_ms() + 10000;
     kv_buf b = KV_BUF_INIT;
     int rc;
     for (;;) {
-        uint64_t before = now_ms();
+        uint64_t before = storefix_now_ms();
         rc = get_key(s, "soon", &b, NULL);
-        uint64_t after = now_ms();
+        uint64_t after = storefix_now_ms();
         if (rc == KV_OK)
             cr_assert_lt(before, soon, "served after its expiry");
         else
@@ -1005,7 +959,7 @@ Test(store, expired_records_read_as_missing)
         nanosleep(&ts, NULL); /* polling a clock-based condition, with a deadline */
     }
     cr_expect_eq(rc, KV_ENOTFOUND);
-    cr_expect_geq(now_ms(), soon);
+    cr_expect_geq(storefix_now_ms(), soon);
     close_store(s);
 
     s = open_store(KV_SYNC_INTERVAL, 0);
@@ -1025,12 +979,12 @@ Test(store, versions_monotonic_across_reopen)
     wcount c = {.want = 1000, .ordered = true};
     for (int i = 0; i < 1000; i++)
         CHECK(store_put(s, "same", 4, &i, sizeof(i), 0, count_cb, &c) == KV_OK, "put %d", i);
-    cr_assert(run_until_cond(wcount_done, &c, 10000));
+    cr_assert(storefix_run_until(&g_fx, wcount_done, &c, 10000));
     cr_expect(c.ordered, "versions not strictly increasing");
     kv_version last = c.last;
     /* The physical part is the wall clock in ms (upper bits). */
-    cr_expect_leq((last.ts >> 16), now_ms() + 1);
-    cr_expect_geq((last.ts >> 16) + 5000, now_ms());
+    cr_expect_leq((last.ts >> 16), storefix_now_ms() + 1);
+    cr_expect_geq((last.ts >> 16) + 5000, storefix_now_ms());
     kv_version got;
     kv_buf b = KV_BUF_INIT;
     cr_assert_eq(get_key(s, "same", &b, &got), KV_OK);
@@ -1066,7 +1020,8 @@ Test(store, group_commit_shares_fsyncs)
     cr_expect_eq(c.calls, 0, "callbacks ran inside store_put");
     /* Not durable yet, so not visible yet. */
     expect_missing(s, "gc-0");
-    cr_assert(run_until_cond(wcount_done, &c, 30000), "only %d of %d completed", c.calls, N);
+    cr_assert(storefix_run_until(&g_fx, wcount_done, &c, 30000), "only %d of %d completed", c.calls,
+              N);
     cr_expect_eq(c.ok, N);
     cr_expect(c.ordered);
     kv_store_stats st;
@@ -1112,7 +1067,7 @@ Test(store, acknowledged_write_is_visible)
         reader r = {.s = s};
         cr_assert_eq(store_put(s, "rb", 2, "x", 1, 0, read_back_cb, &r), KV_OK);
         cr_expect_eq(r.calls, 0);
-        cr_assert(run_until_cond(reader_done, &r, 10000));
+        cr_assert(storefix_run_until(&g_fx, reader_done, &r, 10000));
         cr_expect_eq(r.seen_ok, 1, "mode %d: acked write not visible", m);
         close_store(s);
     }
@@ -1126,11 +1081,11 @@ Test(store, callbacks_never_synchronous)
         wres r = {0};
         cr_assert_eq(store_put(s, "a", 1, "1", 1, 0, write_cb, &r), KV_OK);
         cr_expect_eq(r.calls, 0, "mode %d: put called back synchronously", m);
-        cr_assert(run_until_cond(wres_done, &r, 10000));
+        cr_assert(storefix_run_until(&g_fx, wres_done, &r, 10000));
         wres d = {0};
         cr_assert_eq(store_delete(s, "a", 1, write_cb, &d), KV_OK);
         cr_expect_eq(d.calls, 0, "mode %d: delete called back synchronously", m);
-        cr_assert(run_until_cond(wres_done, &d, 10000));
+        cr_assert(storefix_run_until(&g_fx, wres_done, &d, 10000));
         cr_expect_eq(d.status, KV_OK);
         close_store(s);
     }
@@ -1144,20 +1099,20 @@ Test(store, interval_mode_fsyncs_in_background)
     uint64_t before = st.fsyncs;
     put_str(s, "a", "1");
     uint64_t deadline = uv_hrtime() + 10000ull * 1000000u;
-    uv_timer_start(&g_tick, tick_cb, 5, 5);
+    storefix_tick_start(&g_fx);
     do {
-        uv_run(&g_loop, UV_RUN_ONCE);
+        uv_run(&g_fx.loop, UV_RUN_ONCE);
         store_stats(s, &st);
     } while (st.fsyncs == before && uv_hrtime() < deadline);
-    uv_timer_stop(&g_tick);
+    storefix_tick_stop(&g_fx);
     cr_expect_gt(st.fsyncs, before, "the interval timer never fsynced");
     /* Nothing written since: no further fsyncs over several intervals. */
     uint64_t settled = st.fsyncs;
     uint64_t until = uv_hrtime() + 150ull * 1000000u;
-    uv_timer_start(&g_tick, tick_cb, 5, 5);
+    storefix_tick_start(&g_fx);
     while (uv_hrtime() < until)
-        uv_run(&g_loop, UV_RUN_ONCE);
-    uv_timer_stop(&g_tick);
+        uv_run(&g_fx.loop, UV_RUN_ONCE);
+    storefix_tick_stop(&g_fx);
     store_stats(s, &st);
     cr_expect_eq(st.fsyncs, settled, "fsync without new writes");
     close_store(s);
@@ -1239,7 +1194,7 @@ Test(store, failed_write_is_cut_back)
     cr_expect_eq(r.calls, 0, "callback inside store_put");
     /* Visible to readers until its write fails (NEVER mode reads the buffer). */
     expect_val_n(s, "big", val, sizeof(val));
-    cr_assert(run_until_cond(wres_done, &r, 10000));
+    cr_assert(storefix_run_until(&g_fx, wres_done, &r, 10000));
     cr_assert_eq(setrlimit(RLIMIT_FSIZE, &old), 0);
     cr_expect(r.status == KV_EIO || r.status == KV_ENOSPC, "got %s", kv_strerror(r.status));
     cr_expect_eq(file_size(p), size, "partial record left in the log");
@@ -1286,7 +1241,7 @@ static void sync_failure(uint64_t seg_bytes)
         cr_assert_eq(store_put(s, key, (size_t)kl, "lost-value", 10, 0, write_cb, &seen[i]), KV_OK);
     }
     for (int i = 0; i < 10; i++) {
-        cr_assert(run_until_cond(wres_done, &seen[i], 10000));
+        cr_assert(storefix_run_until(&g_fx, wres_done, &seen[i], 10000));
         cr_expect_eq(seen[i].calls, 1);
         cr_expect_eq(seen[i].status, KV_EIO, "write %d: %s", i, kv_strerror(seen[i].status));
     }
@@ -1337,11 +1292,11 @@ Test(store, failed_fsync_across_rotation)
 Test(store, creates_data_dir_and_reports_disk)
 {
     char sub[300];
-    snprintf(sub, sizeof(sub), "%s/a/b", g_dir);
+    snprintf(sub, sizeof(sub), "%s/a/b", g_fx.dir);
     kv_store_opts o = opts_for(KV_SYNC_NEVER, 0);
     o.dir = sub;
     kv_store *s = NULL;
-    cr_assert_eq(store_open(&s, &g_loop, &o), KV_OK);
+    cr_assert_eq(store_open(&s, &g_fx.loop, &o), KV_OK);
     char p[400];
     snprintf(p, sizeof(p), "%s/store/0000000001.seg", sub);
     cr_expect_eq(file_size(p), STORE_SEG_HDR_LEN);
@@ -1354,5 +1309,5 @@ Test(store, creates_data_dir_and_reports_disk)
 
     kv_store_opts bad = opts_for(KV_SYNC_NEVER, 0);
     bad.max_key = 0;
-    cr_expect_eq(store_open(&s, &g_loop, &bad), KV_EINVAL);
+    cr_expect_eq(store_open(&s, &g_fx.loop, &bad), KV_EINVAL);
 }

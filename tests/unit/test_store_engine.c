@@ -18,11 +18,13 @@
 #include "store/format.h"
 #include "store/store.h"
 
+#include "harness.h"
+#include "storefix.h"
+
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <inttypes.h>
 #include <math.h>
 #include <signal.h>
@@ -44,68 +46,25 @@
             cr_assert_fail(__VA_ARGS__);                                                           \
     } while (0)
 
-static char g_dir[256];
+static storefix g_fx;
 static char g_mnt[320]; /* a tmpfs mounted by the ENOSPC test, unmounted by teardown */
-static uv_loop_t g_loop;
-static uv_timer_t g_tick;
 
-/* ---------- fixture ---------- */
-
-static void tick_cb(uv_timer_t *t)
-{
-    (void)t;
-}
+/* ---------- fixture (tests/support/storefix.h) ---------- */
 
 static void setup(void)
 {
-    const char *tmp = getenv("TMPDIR");
-    snprintf(g_dir, sizeof(g_dir), "%s/kvstore-test-engine-XXXXXX", tmp && *tmp ? tmp : "/tmp");
-    cr_assert_not_null(mkdtemp(g_dir), "mkdtemp: %s", strerror(errno));
-    cr_assert_eq(uv_loop_init(&g_loop), 0);
-    uv_timer_init(&g_loop, &g_tick);
-}
-
-static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
+    storefix_init(&g_fx, "engine");
 }
 
 static void teardown(void)
 {
-    uv_close((uv_handle_t *)&g_tick, NULL);
-    uv_run(&g_loop, UV_RUN_DEFAULT);
-    cr_expect_eq(uv_loop_close(&g_loop), 0, "loop still has handles");
+    storefix_close_loop(&g_fx);
     if (g_mnt[0])
         umount2(g_mnt, MNT_DETACH);
-    nftw(g_dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    th_tmpdir_remove(g_fx.dir);
 }
 
 TestSuite(engine, .init = setup, .fini = teardown, .timeout = 120);
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-static bool run_until_cond(bool (*cond)(void *), void *arg, int timeout_ms)
-{
-    uint64_t deadline = uv_hrtime() + (uint64_t)timeout_ms * 1000000u;
-    uv_timer_start(&g_tick, tick_cb, 5, 5);
-    while (!cond(arg) && uv_hrtime() < deadline)
-        uv_run(&g_loop, UV_RUN_ONCE);
-    uv_timer_stop(&g_tick);
-    return cond(arg);
-}
-
-static bool flag_set(void *arg)
-{
-    return *(bool *)arg;
-}
 
 typedef struct wres {
     int calls;
@@ -149,7 +108,7 @@ static bool wcount_done(void *arg)
 static kv_store_opts opts_for(kv_sync_mode mode, uint64_t seg_bytes)
 {
     return (kv_store_opts){
-        .dir = g_dir,
+        .dir = g_fx.dir,
         .sync = mode,
         .sync_interval_ms = 20,
         .segment_bytes = seg_bytes,
@@ -163,7 +122,7 @@ static kv_store_opts opts_for(kv_sync_mode mode, uint64_t seg_bytes)
 static kv_store *open_with(const kv_store_opts *o)
 {
     kv_store *s = NULL;
-    int rc = store_open(&s, &g_loop, o);
+    int rc = store_open(&s, &g_fx.loop, o);
     cr_assert_eq(rc, KV_OK, "store_open: %s", kv_strerror(rc));
     return s;
 }
@@ -183,13 +142,14 @@ static void close_store(kv_store *s)
 {
     bool closed = false;
     store_close(s, on_closed, &closed);
-    cr_assert(run_until_cond(flag_set, &closed, 20000), "store_close did not complete");
+    cr_assert(storefix_run_until(&g_fx, storefix_flag_set, &closed, 20000),
+              "store_close did not complete");
 }
 
 static int wait_write(wres *r)
 {
     CHECK(r->calls == 0, "callback ran inside the call");
-    CHECK(run_until_cond(wres_done, r, 10000), "write callback never came");
+    CHECK(storefix_run_until(&g_fx, wres_done, r, 10000), "write callback never came");
     CHECK(r->calls == 1, "%d callbacks", r->calls);
     return r->status;
 }
@@ -251,27 +211,14 @@ static void expect_missing(kv_store *s, const char *key)
     kv_buf_free(&b);
 }
 
-typedef struct cres {
-    bool done;
-    int status;
-    kv_compact_stats st;
-} cres;
-
-static void compact_cb(void *arg, int status, const kv_compact_stats *st)
-{
-    cres *c = arg;
-    c->done = true;
-    c->status = status;
-    c->st = *st;
-}
-
 static kv_compact_stats compact_now(kv_store *s)
 {
-    cres c = {0};
-    int rc = store_compact(s, compact_cb, &c);
+    storefix_compaction c = {0};
+    int rc = store_compact(s, storefix_compact_cb, &c);
     cr_assert_eq(rc, KV_OK, "store_compact: %s", kv_strerror(rc));
     cr_assert_not(c.done, "compaction callback inside store_compact");
-    cr_assert(run_until_cond(flag_set, &c.done, 60000), "compaction never finished");
+    cr_assert(storefix_run_until(&g_fx, storefix_flag_set, &c.done, 60000),
+              "compaction never finished");
     cr_assert_eq(c.status, KV_OK, "compaction: %s", kv_strerror(c.status));
     cr_assert_not(store_compacting(s));
     return c.st;
@@ -279,7 +226,7 @@ static kv_compact_stats compact_now(kv_store *s)
 
 static void store_dir(char *out, size_t cap)
 {
-    snprintf(out, cap, "%s/store", g_dir);
+    snprintf(out, cap, "%s/store", g_fx.dir);
 }
 
 /* Files in the store directory ending in suffix: count and total bytes. */
@@ -423,7 +370,8 @@ Test(engine, apply_refuses_far_future_versions_and_local_writes_still_win)
     store_stats(s, &st);
     cr_expect_eq(st.applies_refused, 1u);
 
-    kv_version skewed = {.ts = (now_ms() + 5 * 60 * 1000) << KV_HLC_LOGICAL_BITS, .node = 9};
+    kv_version skewed = {.ts = (storefix_now_ms() + 5 * 60 * 1000) << KV_HLC_LOGICAL_BITS,
+                         .node = 9};
     cr_expect_eq(apply_wait(s, "k", "from-peer", skewed, false, NULL), KV_OK);
     kv_version mine = put_str(s, "k", "local-put");
     cr_expect_gt(kv_version_cmp(&mine, &skewed), 0);
@@ -473,7 +421,7 @@ static void apply_both_ways(kv_sync_mode mode)
     expect_missing(s, "k");
 
     /* The clock merged the applied versions: a local write is newer still. */
-    kv_version future = {.ts = (now_ms() + 3600000ull) << 16, .node = 99};
+    kv_version future = {.ts = (storefix_now_ms() + 3600000ull) << 16, .node = 99};
     cr_assert_eq(apply_wait(s, "f", "from the future", future, false, NULL), KV_OK);
     kv_version local = put_str(s, "f", "local");
     cr_expect_gt(kv_version_cmp(&local, &future), 0, "local write lost to a skewed clock");
@@ -526,7 +474,7 @@ static void apply_burst(kv_sync_mode mode)
     if (mode == KV_SYNC_ALWAYS)
         expect_missing(s, "b");
     for (int i = 0; i < N; i++)
-        cr_assert(run_until_cond(wres_done, &r[i], 10000));
+        cr_assert(storefix_run_until(&g_fx, wres_done, &r[i], 10000));
     int want[N] = {KV_OK, KV_ESTALE, KV_OK, KV_ESTALE, KV_ESTALE, KV_ESTALE, KV_ESTALE};
     for (int i = 0; i < N; i++)
         cr_expect_eq(r[i].status, want[i], "apply #%d (v%d): %s", i, order[i],
@@ -639,7 +587,7 @@ Test(engine, purge_never_resurrects_older_values)
 Test(engine, expired_values_are_dropped_by_compaction)
 {
     kv_store *s = open_store(KV_SYNC_NEVER, 4096);
-    uint64_t now = now_ms();
+    uint64_t now = storefix_now_ms();
     put_str(s, "old", "the first value, without ttl");
     char val[300];
     memset(val, 'x', sizeof(val) - 1);
@@ -657,8 +605,8 @@ Test(engine, expired_values_are_dropped_by_compaction)
         put_str(s, k, "y");
     }
     /* Wait (bounded) until it has expired by the wall clock. */
-    uint64_t deadline = now_ms() + 10000;
-    while (now_ms() < now + 400 && now_ms() < deadline) {
+    uint64_t deadline = storefix_now_ms() + 10000;
+    while (storefix_now_ms() < now + 400 && storefix_now_ms() < deadline) {
         struct timespec ts = {0, 20 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
@@ -719,7 +667,7 @@ static void churn(kv_store *s, int gens, int *gen_of)
         c.want++;
         gen_of[i] = -1;
     }
-    cr_assert(run_until_cond(wcount_done, &c, 20000));
+    cr_assert(storefix_run_until(&g_fx, wcount_done, &c, 20000));
     cr_assert_eq(c.ok, c.want);
 }
 
@@ -784,7 +732,7 @@ Test(engine, compaction_keeps_every_live_value)
 /* Writes and reads go on while a compaction runs; a write made meanwhile wins. */
 typedef struct during {
     kv_store *s;
-    cres c;
+    storefix_compaction c;
     int round;
     int *gen_of;
     wcount w;
@@ -802,8 +750,8 @@ Test(engine, compaction_with_concurrent_writes)
     int gen_of[NK];
     churn(s, 4, gen_of);
     during d = {.s = s, .gen_of = gen_of};
-    cr_assert_eq(store_compact(s, compact_cb, &d.c), KV_OK);
-    cr_expect_eq(store_compact(s, compact_cb, &d.c), KV_EEXIST, "two compactions at once");
+    cr_assert_eq(store_compact(s, storefix_compact_cb, &d.c), KV_OK);
+    cr_expect_eq(store_compact(s, storefix_compact_cb, &d.c), KV_EEXIST, "two compactions at once");
     /* Until it finishes: overwrite keys, delete some, read others, each loop turn. */
     char k[32], v[160];
     uint64_t deadline = uv_hrtime() + 60ull * 1000000000u;
@@ -831,11 +779,11 @@ Test(engine, compaction_with_concurrent_writes)
         }
         d.round++;
         gen++;
-        uv_run(&g_loop, UV_RUN_NOWAIT);
+        uv_run(&g_fx.loop, UV_RUN_NOWAIT);
     }
-    cr_assert(run_until_cond(compaction_done, &d, 60000), "compaction never finished");
+    cr_assert(storefix_run_until(&g_fx, compaction_done, &d, 60000), "compaction never finished");
     cr_assert_eq(d.c.status, KV_OK);
-    cr_assert(run_until_cond(wcount_done, &d.w, 20000));
+    cr_assert(storefix_run_until(&g_fx, wcount_done, &d.w, 20000));
     cr_expect_eq(d.w.ok, d.w.want);
     fprintf(stderr, "compaction ran over %d loop turns with %d writes and %d reads meanwhile\n",
             d.round, d.w.want, d.reads);
@@ -857,7 +805,7 @@ Test(engine, crash_between_new_durable_and_old_deleted)
     close_store(s);
     char dir[300], saved[320], cmd[1024];
     store_dir(dir, sizeof(dir));
-    snprintf(saved, sizeof(saved), "%s/saved", g_dir);
+    snprintf(saved, sizeof(saved), "%s/saved", g_fx.dir);
     snprintf(cmd, sizeof(cmd), "mkdir -p '%s' && cp -p '%s'/*.seg '%s'/", saved, dir, saved);
     cr_assert_eq(system(cmd), 0);
 
@@ -913,17 +861,17 @@ Test(engine, compaction_starts_by_itself_past_the_thresholds)
             CHECK(store_put(s, k, strlen(k), v, strlen(v), 0, count_cb, &c) == KV_OK, "put");
             c.want++;
         }
-        cr_assert(run_until_cond(wcount_done, &c, 10000));
+        cr_assert(storefix_run_until(&g_fx, wcount_done, &c, 10000));
     }
     /* The maintenance timer checks the thresholds every 100 ms. */
     kv_store_stats st;
     uint64_t deadline = uv_hrtime() + 20ull * 1000000000u;
-    uv_timer_start(&g_tick, tick_cb, 5, 5);
+    storefix_tick_start(&g_fx);
     do {
-        uv_run(&g_loop, UV_RUN_ONCE);
+        uv_run(&g_fx.loop, UV_RUN_ONCE);
         store_stats(s, &st);
     } while ((st.compactions == 0 || store_compacting(s)) && uv_hrtime() < deadline);
-    uv_timer_stop(&g_tick);
+    storefix_tick_stop(&g_fx);
     cr_expect_geq(st.compactions, 1u, "no automatic compaction");
     cr_expect_lt((double)st.dead_bytes, 0.3 * (double)st.disk_bytes + 8 * 1024);
     for (int i = 0; i < 20; i++) {
@@ -987,7 +935,7 @@ static void lat_round(kv_store *s, lat *L, int round, wcount *w)
         kv_buf_free(&b);
     }
     /* One loop turn: the write(2), the completions and any compaction slice. */
-    uv_run(&g_loop, UV_RUN_NOWAIT);
+    uv_run(&g_fx.loop, UV_RUN_NOWAIT);
     if (L->nt < L->cap) {
         L->cpu[L->nt] = thread_cpu_ns() - c0;
         L->turn[L->nt++] = uv_hrtime() - t0;
@@ -1006,13 +954,13 @@ Test(engine, latency_during_compaction_is_reported)
     wcount w = {0};
     for (int r = 0; r < 200; r++)
         lat_round(s, &quiet, r, &w);
-    cres c = {0};
-    cr_assert_eq(store_compact(s, compact_cb, &c), KV_OK);
+    storefix_compaction c = {0};
+    cr_assert_eq(store_compact(s, storefix_compact_cb, &c), KV_OK);
     uint64_t deadline = uv_hrtime() + 60ull * 1000000000u;
     for (int r = 0; !c.done && uv_hrtime() < deadline; r++)
         lat_round(s, &busy, r, &w);
-    cr_assert(run_until_cond(flag_set, &c.done, 60000));
-    cr_assert(run_until_cond(wcount_done, &w, 20000));
+    cr_assert(storefix_run_until(&g_fx, storefix_flag_set, &c.done, 60000));
+    cr_assert(storefix_run_until(&g_fx, wcount_done, &w, 20000));
     cr_expect_eq(w.ok, w.want);
     fprintf(stderr,
             "latency (us) without compaction: get p50 %.1f p99 %.1f, put p50 %.1f p99 %.1f, "
@@ -1103,13 +1051,13 @@ static void damage_hint(bool stale)
     churn(s, 2, gen_of);
     close_store(s);
     char p[400];
-    snprintf(p, sizeof(p), "%s/store/0000000001.hint", g_dir);
+    snprintf(p, sizeof(p), "%s/store/0000000001.hint", g_fx.dir);
     struct stat sb;
     cr_assert_eq(stat(p, &sb), 0, "segment 1 has no hint");
     if (stale) {
         /* The segment grew after the hint was written. */
         char sp[400];
-        snprintf(sp, sizeof(sp), "%s/store/0000000001.seg", g_dir);
+        snprintf(sp, sizeof(sp), "%s/store/0000000001.seg", g_fx.dir);
         int fd = open(sp, O_WRONLY | O_APPEND);
         cr_assert(fd >= 0);
         cr_assert_eq(write(fd, "\0\0\0\0", 4), 4);
@@ -1345,12 +1293,12 @@ Test(engine, range_covers_every_key_exactly_once)
         key_of((round * 7) % NK, k, sizeof(k));
         CHECK(store_put(s, k, strlen(k), "over", 4, 0, count_cb, &w) == KV_OK, "put");
         w.want++;
-        uv_run(&g_loop, UV_RUN_NOWAIT);
+        uv_run(&g_fx.loop, UV_RUN_NOWAIT);
     }
     for (int i = 0; i < NK; i++)
         CHECK(mixed.count[i] == 1, "key %d reported %d times with writes between chunks", i,
               mixed.count[i]);
-    cr_assert(run_until_cond(wcount_done, &w, 10000));
+    cr_assert(storefix_run_until(&g_fx, wcount_done, &w, 10000));
 
     /* Purged tombstones are not reported. */
     char k0[32];
@@ -1376,7 +1324,7 @@ Test(engine, failed_write_restores_the_previous_value)
     put_str(s, "k", "committed");
     put_str(s, "other", "x");
     char p[400];
-    snprintf(p, sizeof(p), "%s/store/0000000001.seg", g_dir);
+    snprintf(p, sizeof(p), "%s/store/0000000001.seg", g_fx.dir);
     struct stat sb;
     cr_assert_eq(stat(p, &sb), 0);
     struct rlimit old, lim;
@@ -1389,7 +1337,7 @@ Test(engine, failed_write_restores_the_previous_value)
     cr_assert_eq(store_put(s, "k", 1, "doomed-2", 8, 0, write_cb, &b), KV_OK);
     cr_assert_eq(store_put(s, "fresh", 5, "doomed", 6, 0, write_cb, &c), KV_OK);
     expect_val(s, "k", "doomed-2"); /* NEVER: visible from the buffer */
-    cr_assert(run_until_cond(wres_done, &c, 10000));
+    cr_assert(storefix_run_until(&g_fx, wres_done, &c, 10000));
     cr_assert_eq(setrlimit(RLIMIT_FSIZE, &old), 0);
     cr_expect_neq(a.status, KV_OK);
     cr_expect_neq(b.status, KV_OK);
@@ -1419,7 +1367,7 @@ static void enospc_with(kv_sync_mode mode)
         return;
     }
     char mnt[300];
-    snprintf(mnt, sizeof(mnt), "%s/small", g_dir);
+    snprintf(mnt, sizeof(mnt), "%s/small", g_fx.dir);
     cr_assert_eq(mkdir(mnt, 0755), 0);
     if (mount("kvtest", mnt, "tmpfs", 0, "size=1m") != 0) {
         cr_skip_test("cannot mount a tmpfs here (%s); ENOSPC test skipped", strerror(errno));

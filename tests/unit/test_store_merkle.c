@@ -9,7 +9,7 @@
  * leaves and the model's keys in them, with what the store says it holds for those keys.
  *
  * Real segment files in a mkdtemp directory, a private libuv loop driven until the
- * callbacks under test fire (every wait has a deadline).
+ * callbacks under test fire (every wait has a deadline): tests/support/storefix.h.
  */
 #include "ae/merkle.h"
 #include "common/hash.h"
@@ -17,88 +17,39 @@
 #include "kvstore/error.h"
 #include "store/store.h"
 
+#include "storefix.h"
+
 #include <criterion/criterion.h>
-#include <errno.h>
-#include <ftw.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <time.h>
-#include <uv.h>
 
 #define NODE_ID 7
 #define DEPTH   10
 #define NKEYS   300
 #define WAIT_MS 10000
 
-static char g_dir[256];
-static uv_loop_t g_loop;
-static uv_timer_t g_tick;
+static storefix g_fx;
 
-/* ---------- fixture (the parts of test_store.c's that these tests need) ---------- */
-
-static void tick_cb(uv_timer_t *t)
-{
-    (void)t;
-}
+/* ---------- fixture (tests/support/storefix.h) ---------- */
 
 static void setup(void)
 {
-    const char *tmp = getenv("TMPDIR");
-    snprintf(g_dir, sizeof(g_dir), "%s/kvstore-test-smerkle-XXXXXX", tmp && *tmp ? tmp : "/tmp");
-    cr_assert_not_null(mkdtemp(g_dir), "mkdtemp: %s", strerror(errno));
-    cr_assert_eq(uv_loop_init(&g_loop), 0);
-    uv_timer_init(&g_loop, &g_tick);
-}
-
-static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
+    storefix_init(&g_fx, "smerkle");
 }
 
 static void teardown(void)
 {
-    uv_close((uv_handle_t *)&g_tick, NULL);
-    uv_run(&g_loop, UV_RUN_DEFAULT);
-    cr_expect_eq(uv_loop_close(&g_loop), 0, "loop still has handles");
-    nftw(g_dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    storefix_fini(&g_fx);
 }
 
 TestSuite(store_merkle, .init = setup, .fini = teardown);
 
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-/* Run the loop until cond(arg) or timeout_ms passes; a 5 ms ticker makes sure a loop
- * iteration never blocks longer than that. Returns cond(arg). */
-static bool run_until_cond(bool (*cond)(void *), void *arg, int timeout_ms)
-{
-    uint64_t deadline = uv_hrtime() + (uint64_t)timeout_ms * 1000000u;
-    uv_timer_start(&g_tick, tick_cb, 5, 5);
-    while (!cond(arg) && uv_hrtime() < deadline)
-        uv_run(&g_loop, UV_RUN_ONCE);
-    uv_timer_stop(&g_tick);
-    return cond(arg);
-}
-
-static bool flag_set(void *arg)
-{
-    return *(bool *)arg;
-}
-
 static kv_store_opts opts_for(kv_sync_mode mode, uint64_t seg_bytes, unsigned depth)
 {
     return (kv_store_opts){
-        .dir = g_dir,
+        .dir = g_fx.dir,
         .sync = mode,
         .sync_interval_ms = 20,
         .segment_bytes = seg_bytes,
@@ -114,7 +65,7 @@ static kv_store *open_store(kv_sync_mode mode, uint64_t seg_bytes)
 {
     kv_store *s = NULL;
     kv_store_opts o = opts_for(mode, seg_bytes, DEPTH);
-    int rc = store_open(&s, &g_loop, &o);
+    int rc = store_open(&s, &g_fx.loop, &o);
     cr_assert_eq(rc, KV_OK, "store_open: %s", kv_strerror(rc));
     cr_assert_not_null(s);
     cr_assert_not_null(store_merkle(s), "merkle_depth %d but no tree", DEPTH);
@@ -131,22 +82,8 @@ static void close_store(kv_store *s)
 {
     bool closed = false;
     store_close(s, on_closed, &closed);
-    cr_assert(run_until_cond(flag_set, &closed, WAIT_MS), "store_close did not complete");
-}
-
-typedef struct cres {
-    bool done;
-    int status;
-    kv_compact_stats st;
-} cres;
-
-static void compact_cb(void *arg, int status, const kv_compact_stats *st)
-{
-    cres *c = arg;
-    c->done = true;
-    c->status = status;
-    if (st)
-        c->st = *st;
+    cr_assert(storefix_run_until(&g_fx, storefix_flag_set, &closed, WAIT_MS),
+              "store_close did not complete");
 }
 
 /* ---------- the reference model ---------- */
@@ -331,7 +268,7 @@ static void start_op(kv_store *s, op *o)
         rc = store_put(s, k->key, k->klen, val, vlen, 0, op_cb, o);
         break;
     case OP_PUT_EXPIRED:
-        rc = store_put(s, k->key, k->klen, val, vlen, now_ms() - 10000, op_cb, o);
+        rc = store_put(s, k->key, k->klen, val, vlen, storefix_now_ms() - 10000, op_cb, o);
         break;
     case OP_DEL:
         rc = store_delete(s, k->key, k->klen, op_cb, o);
@@ -377,7 +314,7 @@ static void random_op(model *m, op *o, int *pending, bool no_expiry)
         } else if (k->present && how == 2) {
             o->given = (kv_version){.ts = k->ver.ts, .node = k->ver.node + 1}; /* tie-break */
         } else {
-            uint64_t ms = now_ms() + rnd_below(m, 2000);
+            uint64_t ms = storefix_now_ms() + rnd_below(m, 2000);
             o->given = (kv_version){.ts = (ms << KV_HLC_LOGICAL_BITS) | rnd_below(m, 100),
                                     .node = 1 + (uint32_t)rnd_below(m, 5)};
         }
@@ -399,7 +336,7 @@ static void random_ops(kv_store *s, model *m, int n, bool no_expiry, const char 
             random_op(m, &ops[i], &pending, no_expiry);
             start_op(s, &ops[i]);
         }
-        cr_assert(run_until_cond(none_pending, &pending, WAIT_MS),
+        cr_assert(storefix_run_until(&g_fx, none_pending, &pending, WAIT_MS),
                   "%s: batch %d: %d callbacks missing", what, batch, pending);
         done += b;
         check_tree(s, m, what, done);
@@ -430,12 +367,13 @@ Test(store_merkle, random_writes_follow_the_model)
 /* Compaction drops expired values (the model forgets them) and nothing else. */
 static void compact_now(kv_store *s, model *m, int during)
 {
-    cres c = {0};
-    cr_assert_eq(store_compact(s, compact_cb, &c), KV_OK);
+    storefix_compaction c = {0};
+    cr_assert_eq(store_compact(s, storefix_compact_cb, &c), KV_OK);
     /* Writes while compaction runs: a write made meanwhile wins over the copy. */
     if (during)
         random_ops(s, m, during, true, "ops during compaction");
-    cr_assert(run_until_cond(flag_set, &c.done, 30000), "compaction did not finish");
+    cr_assert(storefix_run_until(&g_fx, storefix_flag_set, &c.done, 30000),
+              "compaction did not finish");
     cr_assert_eq(c.status, KV_OK, "compaction: %s", kv_strerror(c.status));
     int expired = 0;
     for (int i = 0; i < NKEYS; i++) {
@@ -494,7 +432,7 @@ static void do_one(kv_store *s, model *m, int key, enum op_kind kind)
     int pending = 0;
     op o = {.m = m, .key = key, .kind = kind, .pending = &pending, .expect_status = KV_OK};
     start_op(s, &o);
-    cr_assert(run_until_cond(none_pending, &pending, WAIT_MS), "write did not complete");
+    cr_assert(storefix_run_until(&g_fx, none_pending, &pending, WAIT_MS), "write did not complete");
     cr_assert_eq(o.status, KV_OK, "%s: %s", m->k[key].key, kv_strerror(o.status));
 }
 
@@ -539,7 +477,7 @@ Test(store_merkle, purged_tombstones_leave_the_tree)
             .pending = &pending,
             .expect_status = KV_ESTALE};
     start_op(s, &o);
-    cr_assert(run_until_cond(none_pending, &pending, WAIT_MS));
+    cr_assert(storefix_run_until(&g_fx, none_pending, &pending, WAIT_MS));
     check_tree(s, m, "stale apply over a purged tombstone", 0);
 
     /* A newer write to a purged key brings it back with the new version. */
@@ -560,9 +498,10 @@ Test(store_merkle, purged_tombstones_leave_the_tree)
         m->k[i].present = false;
     }
     check_tree(s, m, "purged again", 0);
-    cres c = {0};
-    cr_assert_eq(store_compact(s, compact_cb, &c), KV_OK);
-    cr_assert(run_until_cond(flag_set, &c.done, 30000), "compaction did not finish");
+    storefix_compaction c = {0};
+    cr_assert_eq(store_compact(s, storefix_compact_cb, &c), KV_OK);
+    cr_assert(storefix_run_until(&g_fx, storefix_flag_set, &c.done, 30000),
+              "compaction did not finish");
     cr_assert_eq(c.status, KV_OK, "compaction: %s", kv_strerror(c.status));
     check_tree(s, m, "after compaction", 0);
     close_store(s);
@@ -599,7 +538,7 @@ Test(store_merkle, failed_writes_roll_back_in_the_tree)
     } plan[9] = {{0, OP_PUT, false},   {0, OP_PUT, false},  {1, OP_DEL, false},
                  {50, OP_PUT, false},  {51, OP_DEL, false}, {2, OP_APPLY, false},
                  {6, OP_APPLY, false}, {3, OP_APPLY, true}, {52, OP_APPLY, true}};
-    uint64_t ms = now_ms();
+    uint64_t ms = storefix_now_ms();
     for (int i = 0; i < 9; i++) {
         ops[i] =
             (op){.m = m,
@@ -611,7 +550,8 @@ Test(store_merkle, failed_writes_roll_back_in_the_tree)
                  .expect_status = KV_EIO};
         start_op(s, &ops[i]);
     }
-    cr_assert(run_until_cond(none_pending, &pending, WAIT_MS), "%d callbacks missing", pending);
+    cr_assert(storefix_run_until(&g_fx, none_pending, &pending, WAIT_MS), "%d callbacks missing",
+              pending);
     for (int i = 0; i < 9; i++)
         cr_expect_eq(ops[i].status, KV_EIO, "write %d: %s", i, kv_strerror(ops[i].status));
     check_tree(s, m, "after the failed group (model without it)", 0);
@@ -641,17 +581,17 @@ Test(store_merkle, depth_zero_means_no_tree_and_too_deep_is_refused)
 {
     kv_store *s = NULL;
     kv_store_opts o = opts_for(KV_SYNC_NEVER, 0, 0);
-    cr_assert_eq(store_open(&s, &g_loop, &o), KV_OK);
+    cr_assert_eq(store_open(&s, &g_fx.loop, &o), KV_OK);
     cr_expect_null(store_merkle(s));
     close_store(s);
 
     s = NULL;
     o = opts_for(KV_SYNC_NEVER, 0, KV_MERKLE_MAX_DEPTH + 1);
-    cr_expect_eq(store_open(&s, &g_loop, &o), KV_EINVAL);
+    cr_expect_eq(store_open(&s, &g_fx.loop, &o), KV_EINVAL);
     cr_expect_null(s);
 
     o = opts_for(KV_SYNC_NEVER, 0, KV_MERKLE_MAX_DEPTH);
-    cr_assert_eq(store_open(&s, &g_loop, &o), KV_OK);
+    cr_assert_eq(store_open(&s, &g_fx.loop, &o), KV_OK);
     cr_expect_not_null(store_merkle(s));
     cr_expect_eq(kv_merkle_depth(store_merkle(s)), KV_MERKLE_MAX_DEPTH);
     close_store(s);
