@@ -18,20 +18,6 @@
 
 #define RING_ROWS_MAX 65536
 
-/* A number member in [lo, hi]. */
-static bool number_field(const char *obj, const char *end, const char *name, double lo, double hi,
-                         double *out)
-{
-    char text[40], *stop;
-    if (!kvc_jscan_literal(obj, end, name, text, sizeof(text)))
-        return false;
-    double v = strtod(text, &stop);
-    if (*stop != '\0' || stop == text || !(v >= lo && v <= hi))
-        return false;
-    *out = v;
-    return true;
-}
-
 static bool parse_row(const char *obj, const char *end, cli_ring_member *r)
 {
     size_t ol = (size_t)(end - obj);
@@ -39,9 +25,9 @@ static bool parse_row(const char *obj, const char *end, cli_ring_member *r)
     double tokens;
     if (!kvc_json_str_field(obj, ol, "name", r->name, sizeof(r->name)) ||
         !kvc_json_str_field(obj, ol, "address", r->address, sizeof(r->address)) ||
-        !number_field(obj, end, "primary_share", 0, 1, &r->primary) ||
-        !number_field(obj, end, "replica_share", 0, 1, &r->replica) ||
-        !number_field(obj, end, "tokens", 0, 1e9, &tokens) ||
+        !kvc_jscan_number(obj, end, "primary_share", 0, 1, &r->primary) ||
+        !kvc_jscan_number(obj, end, "replica_share", 0, 1, &r->replica) ||
+        !kvc_jscan_number(obj, end, "tokens", 0, 1e9, &tokens) ||
         !kvc_jscan_literal(obj, end, "self", self, sizeof(self)))
         return false;
     r->tokens = (unsigned long)tokens;
@@ -55,7 +41,7 @@ int cli_ring_parse(const char *body, size_t len, cli_ring_member **rows_out, siz
                    double *replicas)
 {
     const char *end = body + len, *arr, *arrend, *obj, *oend;
-    if (!number_field(body, end, "replicas", 1, 1e6, replicas) ||
+    if (!kvc_jscan_number(body, end, "replicas", 1, 1e6, replicas) ||
         !kvc_jscan_member(body, end, "members", &arr, &arrend) || *arr != '[')
         return -1;
     size_t cap = 16, n = 0;

@@ -23,19 +23,6 @@ typedef struct st_row {
     char error[320]; /* room for the address and a reason */
 } st_row;
 
-/* A non-negative number member of a JSON object. */
-static bool st_num(const char *body, const char *end, const char *name, double *out)
-{
-    char text[40], *stop;
-    if (!kvc_jscan_literal(body, end, name, text, sizeof(text)))
-        return false;
-    double v = strtod(text, &stop);
-    if (*stop != '\0' || stop == text || !(v >= 0))
-        return false;
-    *out = v;
-    return true;
-}
-
 /* Ask one member for its figures. */
 static void st_ask(st_row *r, const kv_client_opts *opts)
 {
@@ -65,10 +52,10 @@ static void st_ask(st_row *r, const kv_client_opts *opts)
         snprintf(r->error, sizeof(r->error), "%s answered %d", r->m->http, status);
     } else {
         const char *end = body + blen;
-        r->have = st_num(body, end, "keys", &r->keys) &&
-                  st_num(body, end, "tombstones", &r->tombstones) &&
-                  st_num(body, end, "live_bytes", &r->live_bytes) &&
-                  st_num(body, end, "disk_bytes", &r->disk_bytes) &&
+        r->have = kvc_jscan_number(body, end, "keys", 0, 1e18, &r->keys) &&
+                  kvc_jscan_number(body, end, "tombstones", 0, 1e18, &r->tombstones) &&
+                  kvc_jscan_number(body, end, "live_bytes", 0, 1e18, &r->live_bytes) &&
+                  kvc_jscan_number(body, end, "disk_bytes", 0, 1e18, &r->disk_bytes) &&
                   kvc_json_str_field(body, blen, "root", r->digest, sizeof(r->digest));
         if (!r->have)
             snprintf(r->error, sizeof(r->error), "%s: figures not understood", r->m->http);

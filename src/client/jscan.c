@@ -6,6 +6,7 @@
  */
 #include "client/jscan.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 static bool is_ws(char c)
@@ -144,4 +145,17 @@ int kvc_jscan_next(const char **it, const char *end, const char **elem, const ch
     *eend = e;
     *it = after;
     return 1;
+}
+
+bool kvc_jscan_number(const char *p, const char *end, const char *name, double lo, double hi,
+                      double *out)
+{
+    char text[40], *stop;
+    if (!kvc_jscan_literal(p, end, name, text, sizeof(text)))
+        return false;
+    double v = strtod(text, &stop);
+    if (*stop != '\0' || stop == text || !(v >= lo && v <= hi))
+        return false;
+    *out = v;
+    return true;
 }

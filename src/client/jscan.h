@@ -42,6 +42,10 @@ bool kvc_jscan_member(const char *p, const char *end, const char *name, const ch
  */
 bool kvc_jscan_literal(const char *p, const char *end, const char *name, char *out, size_t cap);
 
+/* The number member `name` of the object at p, when it is a plain number in [lo, hi]. */
+bool kvc_jscan_number(const char *p, const char *end, const char *name, double lo, double hi,
+                      double *out);
+
 /*
  * Iterate an array: start with *it = the array's '[' (as returned by kvc_jscan_member).
  * Each call sets [*elem, *eend) to the next element and returns 1, returns 0 at the

@@ -181,10 +181,9 @@ static void d_conn_orphan(d_conn *c)
     /* resolving: the lookup callback sees the orphan and frees it */
 }
 
-static void d_out_drop_queue(kv_direct *d, d_out *o, uint64_t *counter)
+static void d_out_drop_queue(d_out *o, uint64_t *counter)
 {
     *counter += o->q_frames;
-    (void)d;
     kv_buf_reset(&o->q);
     o->q_frames = 0;
     o->q_payload = 0;
@@ -263,10 +262,10 @@ static void d_conn_fail(d_conn *c, bool connect_failed)
                                                                                : o->backoff_ms * 2)
                                           : D_BACKOFF_MIN;
             o->backoff_until_ms = d_now(d) + o->backoff_ms;
-            d_out_drop_queue(d, o, &d->st.dropped_unreachable);
+            d_out_drop_queue(o, &d->st.dropped_unreachable);
         } else {
             d->st.dropped_conn_lost += c->inflight_frames;
-            d_out_drop_queue(d, o, &d->st.dropped_conn_lost);
+            d_out_drop_queue(o, &d->st.dropped_conn_lost);
         }
         if (c->up)
             d->st.conns_out--;
@@ -682,7 +681,7 @@ int kv_direct_set_route(kv_direct *d, const char *key, int data_port)
             d_conn *c = o->conn;
             d_conn_fail(c, false);
         }
-        d_out_drop_queue(d, o, &d->st.dropped_conn_lost);
+        d_out_drop_queue(o, &d->st.dropped_conn_lost);
         if (data_port == 0) {
             *pp = o->next;
             kv_buf_free(&o->q);

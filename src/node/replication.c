@@ -332,6 +332,23 @@ static void on_hint_for_done(void *arg, int status)
     repl_maybe_closed(r);
 }
 
+/* The record of a replica write in flight: whom to answer (to, or our own coordinator when
+ * local) once the store (or the hint store) has it. NULL when out of memory. */
+static repl_apply *apply_new(kv_repl *r, bool local, const char *to, const kv_repl_msg *m)
+{
+    repl_apply *a = malloc(sizeof(*a));
+    if (!a)
+        return NULL;
+    a->r = r;
+    a->req_id = m->req_id;
+    a->local = local;
+    a->ver = m->ver;
+    size_t tolen = to ? strnlen(to, SWIM_ADDR_MAX) : 0;
+    memcpy(a->to, to ? to : "", tolen);
+    a->to[tolen] = '\0';
+    return a;
+}
+
 /*
  * Sloppy quorum: we are a fallback keeping the write for hint_for, a ring member that is
  * down. The acknowledgement counts toward W, so it waits until the hint is as durable as
@@ -350,17 +367,12 @@ static void serve_hint_for(kv_repl *r, bool local, const char *to, const kv_repl
         deliver_ack(r, local, to, &ack);
         return;
     }
-    repl_apply *a = malloc(sizeof(*a));
+    repl_apply *a = apply_new(r, local, to, m);
     if (!a) {
         ack.status = KV_REPL_ERROR;
         deliver_ack(r, local, to, &ack);
         return;
     }
-    a->r = r;
-    a->req_id = m->req_id;
-    a->local = local;
-    a->ver = m->ver;
-    snprintf(a->to, sizeof(a->to), "%s", to ? to : "");
     int rc = kv_hints_add_durable(r->hints, &m->hint_for, m, on_hint_for_done, a);
     if (rc != KV_OK) {
         free(a);
@@ -380,18 +392,12 @@ static void serve_write(kv_repl *r, bool local, const char *to, const kv_repl_ms
         serve_hint_for(r, local, to, m);
         return;
     }
-    repl_apply *a = malloc(sizeof(*a));
+    repl_apply *a = apply_new(r, local, to, m);
     if (!a) {
         ack.status = KV_REPL_ERROR;
         deliver_ack(r, local, to, &ack);
         return;
     }
-    a->r = r;
-    a->req_id = m->req_id;
-    a->local = local;
-    size_t tolen = to ? strnlen(to, SWIM_ADDR_MAX) : 0;
-    memcpy(a->to, to ? to : "", tolen);
-    a->to[tolen] = '\0';
     bool tomb = (m->flags & KV_REPL_F_TOMBSTONE) != 0;
     int rc = store_apply(r->store, m->key, m->klen, m->value, m->vlen, m->expiry_ms, &m->ver, tomb,
                          on_apply_done, a);
