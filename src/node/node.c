@@ -24,6 +24,7 @@
 #include "node/identity.h"
 #include "node/membership.h"
 #include "node/replication.h"
+#include "ring/ring.h"
 #include "store/store.h"
 
 #include <errno.h>
@@ -64,8 +65,10 @@ typedef struct kv_node {
 
 #define KV_PREFIX "/v1/kv/"
 
-/* Depth of the storage engine's anti-entropy tree (GET /v1/cluster/digest). */
+/* Depth of the storage engine's anti-entropy tree (GET /v1/cluster/digest). Ring ranges
+ * are whole leaves only at a depth of at least the ring's alignment (ring.h). */
 #define KV_NODE_TREE_DEPTH 16
+_Static_assert(KV_NODE_TREE_DEPTH >= KV_RING_ALIGN_BITS, "tree leaves finer than ring ranges");
 
 /* ---------- data directory ---------- */
 

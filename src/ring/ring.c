@@ -66,7 +66,8 @@ static uint64_t token_value(const swim_member_id *id, uint32_t i)
     in[SWIM_ID_LEN + 1] = (uint8_t)(i >> 8);
     in[SWIM_ID_LEN + 2] = (uint8_t)(i >> 16);
     in[SWIM_ID_LEN + 3] = (uint8_t)(i >> 24);
-    return kv_ring_hash(in, sizeof(in));
+    /* Aligned to whole anti-entropy tree leaves (ring.h, "Alignment"). */
+    return kv_ring_hash(in, sizeof(in)) & ~((UINT64_C(1) << (64 - KV_RING_ALIGN_BITS)) - 1);
 }
 
 int kv_ring_build(kv_ring **out, const kv_ring_member *members, size_t n, uint32_t tokens)

@@ -9,6 +9,15 @@
  * Two tokens that collide (equal value) are ordered by member id, so the ring is still a
  * total order.
  *
+ * Alignment: a token is that hash with its low 64 - KV_RING_ALIGN_BITS bits cleared, so
+ * every range boundary falls on a multiple of 2^(64 - KV_RING_ALIGN_BITS): every range is
+ * a union of whole leaves of an anti-entropy tree (src/ae/merkle.h) at depth >=
+ * KV_RING_ALIGN_BITS. Two replicas can then compare exactly the keys of the ranges they
+ * share from their trees alone (kv_merkle_range_digest reports no partial edge leaves),
+ * never scanning keys to digest the edges. The price: 2^16 possible token positions, so a
+ * few tokens of a large ring collide (ranges of length 0; shares stay within a fraction of
+ * a percent of the unaligned ring's).
+ *
  * Ownership: a key with ring hash h (kv_ring_hash(key)) belongs to the first token t
  * with t > h, wrapping past the top to the smallest token. So the range a token t_k owns
  * is [t_{k-1}, t_k) — the same half-open form store_range takes (lo, hi), wrapping when
@@ -26,6 +35,7 @@
 #include <stdint.h>
 
 #define KV_RING_TOKENS_MAX 4096 /* per member */
+#define KV_RING_ALIGN_BITS 16   /* tokens are multiples of 2^(64 - this); see above */
 
 /* A member as the ring sees it. The ring copies these. */
 typedef struct kv_ring_member {

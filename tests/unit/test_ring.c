@@ -6,12 +6,14 @@
  * the JSON of GET /v1/cluster/ring.
  *
  * Token values are recomputed here from the header's formula (kv_ring_hash of id || i as
- * 4 little-endian bytes), so the placement itself is checked, not only self-consistency.
+ * 4 little-endian bytes, low bits cleared to the alignment), so the placement itself is
+ * checked, not only self-consistency.
  * Random numbers come from a fixed-seed generator: every run tests the same rings.
  */
 #include "common/buf.h"
 #include "common/hash.h"
 #include "kvstore/error.h"
+#include "ae/merkle.h"
 #include "ring/ring.h"
 
 #include <criterion/criterion.h>
@@ -74,7 +76,7 @@ static uint64_t token_of(const swim_member_id *id, uint32_t i)
     memcpy(in, id->b, SWIM_ID_LEN);
     for (int b = 0; b < 4; b++)
         in[SWIM_ID_LEN + b] = (uint8_t)(i >> (8 * b));
-    return kv_ring_hash(in, sizeof(in));
+    return kv_ring_hash(in, sizeof(in)) & ~((UINT64_C(1) << (64 - KV_RING_ALIGN_BITS)) - 1);
 }
 
 /* The member's id at walk index j of r. */
@@ -263,6 +265,44 @@ Test(ring, ranges_match_tokens_and_walk)
         CHECK(id_eq(&l[0], &t[k].id));
     }
     free(t);
+    kv_ring_free(r);
+    free(m);
+}
+
+/* Every range is a union of whole anti-entropy tree leaves at the alignment depth (and
+ * deeper): replicas compare ranges from their trees alone, with no partial edge leaf. */
+Test(ring, ranges_are_whole_tree_leaves)
+{
+    const size_t n = 7;
+    const uint32_t T = 256;
+    kv_ring_member *m = make_members(n, 9);
+    kv_ring *r = build(m, n, T);
+    kv_merkle *t16 = kv_merkle_new(KV_RING_ALIGN_BITS);
+    kv_merkle *t20 = kv_merkle_new(KV_MERKLE_MAX_DEPTH);
+    CHECK(t16 && t20);
+    size_t nt = kv_ring_range_count(r), empty = 0;
+    for (size_t k = 0; k < nt; k++) {
+        uint64_t lo, hi, edge[2];
+        unsigned n_edge = 9;
+        kv_ring_range_at(r, k, &lo, &hi);
+        CHECK((lo & 0xffffffffffffull) == 0 && (hi & 0xffffffffffffull) == 0);
+        empty += lo == hi;
+        if (lo == hi)
+            continue; /* a collision: the range is empty (start == end means all here) */
+        kv_merkle_range_digest(t16, lo, hi, edge, &n_edge);
+        REQUIRE(n_edge == 0, "range %zu [%016llx, %016llx) has %u edge leaves", k,
+                (unsigned long long)lo, (unsigned long long)hi, n_edge);
+        kv_merkle_range_digest(t20, lo, hi, edge, &n_edge);
+        CHECK(n_edge == 0);
+    }
+    /* 1792 tokens on 65536 positions: a few collide, and the shares stay balanced */
+    REQUIRE(empty < 60, "%zu empty ranges", empty);
+    double s[7];
+    CHECK(kv_ring_shares(r, 1, s) == KV_OK);
+    for (size_t i = 0; i < n; i++)
+        REQUIRE(s[i] > 0.10 && s[i] < 0.19, "member %zu owns %.3f", i, s[i]);
+    kv_merkle_free(t16);
+    kv_merkle_free(t20);
     kv_ring_free(r);
     free(m);
 }
