@@ -11,6 +11,11 @@
  * newer peer appends (to the batch, a message or a LIST_ACK item) are skipped, but only
  * if they nest no deeper than the deepest field we know (a LIST_ACK's item list: an
  * array of arrays), so a hostile nest costs nothing but its bytes.
+ *
+ * The anti-entropy messages carry their lists of u64 (ranges, tree nodes, sums, have
+ * digests: up to millions of them) as byte strings of packed big-endian values rather than
+ * CBOR arrays: decoding one is a single length check and a pointer into the input, with no
+ * per-element reads or allocation; only TREE's node indexes are walked, to bound them.
  */
 #include "repl/msg.h"
 
@@ -23,8 +28,9 @@
 
 /* Fields of each message type, type and req_id included (indexed by kv_repl_type). */
 static const uint8_t repl_fields[] = {
-    [KV_REPL_WRITE] = 9,    [KV_REPL_WRITE_ACK] = 5, [KV_REPL_READ] = 3,
-    [KV_REPL_READ_ACK] = 8, [KV_REPL_LIST] = 7,      [KV_REPL_LIST_ACK] = 5,
+    [KV_REPL_WRITE] = 9, [KV_REPL_WRITE_ACK] = 5, [KV_REPL_READ] = 3, [KV_REPL_READ_ACK] = 8,
+    [KV_REPL_LIST] = 7,  [KV_REPL_LIST_ACK] = 5,  [KV_REPL_TREE] = 5, [KV_REPL_TREE_ACK] = 4,
+    [KV_REPL_PULL] = 5,  [KV_REPL_PULL_DATA] = 7,
 };
 #define REPL_BATCH_FIELDS 4
 #define REPL_ITEM_FIELDS  5
@@ -41,9 +47,16 @@ static const uint8_t repl_fields[] = {
 /* The message-array header: 0x9a and a big-endian uint32, patched by kv_repl_batch_end. */
 #define REPL_COUNT_HDR_LEN 5
 
+/* PULL_DATA.raw_len at most: a chunk's raw size (KV_CHUNK_RAW_MAX in chunk.h, which this
+ * codec does not depend on). */
+#define REPL_RAW_MAX (64u << 20)
+/* Bytes of one packed (lo, hi) range pair and of one packed u64. */
+#define REPL_RANGE_BYTES 16u
+#define REPL_U64_BYTES   8u
+
 static bool repl_type_ok(uint64_t t)
 {
-    return t >= KV_REPL_WRITE && t <= KV_REPL_LIST_ACK;
+    return t >= KV_REPL_WRITE && t <= KV_REPL_PULL_DATA;
 }
 
 /* ---------- sizes ---------- */
@@ -104,6 +117,21 @@ size_t kv_repl_msg_wire_bound(const kv_repl_msg *m)
                  repl_head_len(it->ver.node) + repl_head_len(it->flags);
         }
         break;
+    case KV_REPL_TREE:
+        n += repl_head_len(m->level) + repl_str_len(m->n_ranges * REPL_RANGE_BYTES) +
+             repl_str_len(m->n_u64s * REPL_U64_BYTES);
+        break;
+    case KV_REPL_TREE_ACK:
+        n += repl_head_len((uint64_t)m->status) + repl_str_len(m->n_u64s * REPL_U64_BYTES);
+        break;
+    case KV_REPL_PULL:
+        n += repl_head_len(m->seq) + repl_str_len(m->n_ranges * REPL_RANGE_BYTES) +
+             repl_str_len(m->n_u64s * REPL_U64_BYTES);
+        break;
+    case KV_REPL_PULL_DATA:
+        n += repl_head_len((uint64_t)m->status) + repl_head_len(m->seq) + 1 +
+             repl_head_len(m->raw_len) + repl_str_len(m->vlen);
+        break;
     }
     return n;
 }
@@ -148,13 +176,31 @@ static bool repl_key_ok(const uint8_t *p, size_t n, size_t min)
     return n >= min && n <= KV_REPL_KEY_MAX && (p || n == 0);
 }
 
+/* Every TREE node index fits its level: index < 2^level (level already checked). */
+static bool repl_nodes_ok(const uint8_t *nodes, size_t n, uint32_t level)
+{
+    uint64_t end = 1ull << level;
+    for (size_t i = 0; i < n; i++)
+        if (kv_repl_u64_at(nodes, i) >= end)
+            return false;
+    return true;
+}
+
+/* The packed ranges and u64s of TREE, TREE_ACK and PULL: within their counts, with bytes. */
+static bool repl_packed_ok(const kv_repl_msg *m)
+{
+    return m->n_ranges <= KV_REPL_RANGES_MAX && (m->ranges || m->n_ranges == 0) &&
+           m->n_u64s <= KV_REPL_U64S_MAX && (m->u64s || m->n_u64s == 0);
+}
+
 /* What kv_repl_batch_add refuses with KV_EINVAL: anything the decoder would refuse. */
 static bool repl_msg_valid(const kv_repl_msg *m)
 {
     if (!repl_type_ok((uint64_t)m->type))
         return false;
-    bool ack =
-        m->type == KV_REPL_WRITE_ACK || m->type == KV_REPL_READ_ACK || m->type == KV_REPL_LIST_ACK;
+    bool ack = m->type == KV_REPL_WRITE_ACK || m->type == KV_REPL_READ_ACK ||
+               m->type == KV_REPL_LIST_ACK || m->type == KV_REPL_TREE_ACK ||
+               m->type == KV_REPL_PULL_DATA;
     if (ack && (unsigned)m->status > KV_REPL_NOSPACE)
         return false;
     switch (m->type) {
@@ -182,6 +228,19 @@ static bool repl_msg_valid(const kv_repl_msg *m)
         return true;
     case KV_REPL_WRITE_ACK:
         return true;
+    case KV_REPL_TREE:
+        /* All nodes of a level (nodes empty) only up to KV_REPL_ALL_LEVEL_MAX: the answer
+         * has 2^level sums. */
+        return repl_packed_ok(m) && m->level <= KV_REPL_LEVEL_MAX &&
+               (m->n_u64s || m->level <= KV_REPL_ALL_LEVEL_MAX) &&
+               repl_nodes_ok(m->u64s, m->n_u64s, m->level);
+    case KV_REPL_TREE_ACK:
+        return m->n_u64s <= KV_REPL_U64S_MAX && (m->u64s || m->n_u64s == 0);
+    case KV_REPL_PULL:
+        return repl_packed_ok(m);
+    case KV_REPL_PULL_DATA:
+        return m->vlen <= KV_REPL_VALUE_MAX && (m->value || m->vlen == 0) &&
+               m->raw_len <= REPL_RAW_MAX;
     }
     return false;
 }
@@ -251,6 +310,27 @@ int kv_repl_batch_add(kv_repl_batch_w *b, const kv_repl_msg *m)
             kv_cbor_put_uint(&w, it->ver.node);
             kv_cbor_put_uint(&w, it->flags);
         }
+        break;
+    case KV_REPL_TREE:
+        kv_cbor_put_uint(&w, m->level);
+        kv_cbor_put_bytes(&w, m->ranges, m->n_ranges * REPL_RANGE_BYTES);
+        kv_cbor_put_bytes(&w, m->u64s, m->n_u64s * REPL_U64_BYTES);
+        break;
+    case KV_REPL_TREE_ACK:
+        kv_cbor_put_uint(&w, (uint64_t)m->status);
+        kv_cbor_put_bytes(&w, m->u64s, m->n_u64s * REPL_U64_BYTES);
+        break;
+    case KV_REPL_PULL:
+        kv_cbor_put_uint(&w, m->seq);
+        kv_cbor_put_bytes(&w, m->ranges, m->n_ranges * REPL_RANGE_BYTES);
+        kv_cbor_put_bytes(&w, m->u64s, m->n_u64s * REPL_U64_BYTES);
+        break;
+    case KV_REPL_PULL_DATA:
+        kv_cbor_put_uint(&w, (uint64_t)m->status);
+        kv_cbor_put_uint(&w, m->seq);
+        kv_cbor_put_bool(&w, m->last);
+        kv_cbor_put_uint(&w, m->raw_len);
+        kv_cbor_put_bytes(&w, m->value, m->vlen);
         break;
     }
     if (w.err) {
@@ -424,6 +504,56 @@ static int repl_get_items(repl_dec *d, kv_repl_msg *m)
     return KV_OK;
 }
 
+/* A byte string of packed units of `unit` bytes, at most max of them: *p, *count. A length
+ * that is not a whole number of units is out of bounds, like any other bad length. */
+static int repl_get_packed(repl_dec *d, size_t unit, size_t max, const uint8_t **p, size_t *count)
+{
+    size_t n;
+    if (repl_get_bytes(d, 0, max * unit, p, &n))
+        return KV_ECORRUPT;
+    if (n % unit)
+        return repl_fail(d, KV_REPL_OUT_OF_BOUNDS);
+    *count = n / unit;
+    if (!n)
+        *p = NULL;
+    return KV_OK;
+}
+
+static int repl_get_ranges(repl_dec *d, kv_repl_msg *m)
+{
+    return repl_get_packed(d, REPL_RANGE_BYTES, KV_REPL_RANGES_MAX, &m->ranges, &m->n_ranges);
+}
+
+static int repl_get_u64s(repl_dec *d, kv_repl_msg *m)
+{
+    return repl_get_packed(d, REPL_U64_BYTES, KV_REPL_U64S_MAX, &m->u64s, &m->n_u64s);
+}
+
+static int repl_get_tree(repl_dec *d, kv_repl_msg *m)
+{
+    uint64_t level;
+    if (repl_get_uint(d, KV_REPL_LEVEL_MAX, &level) || repl_get_ranges(d, m) || repl_get_u64s(d, m))
+        return KV_ECORRUPT;
+    m->level = (uint32_t)level;
+    /* No node list asks for all 2^level sums: only for small levels. */
+    if (!m->n_u64s && m->level > KV_REPL_ALL_LEVEL_MAX)
+        return repl_fail(d, KV_REPL_OUT_OF_BOUNDS);
+    if (!repl_nodes_ok(m->u64s, m->n_u64s, m->level))
+        return repl_fail(d, KV_REPL_OUT_OF_BOUNDS);
+    return KV_OK;
+}
+
+static int repl_get_pull_data(repl_dec *d, kv_repl_msg *m)
+{
+    uint64_t raw_len;
+    if (repl_get_status(d, &m->status) || repl_get_u32(d, &m->seq) || repl_get_bool(d, &m->last) ||
+        repl_get_uint(d, REPL_RAW_MAX, &raw_len) ||
+        repl_get_bytes(d, 0, KV_REPL_VALUE_MAX, &m->value, &m->vlen))
+        return KV_ECORRUPT;
+    m->raw_len = (uint32_t)raw_len;
+    return KV_OK;
+}
+
 static int repl_get_msg(repl_dec *d, kv_repl_msg *m)
 {
     size_t extra;
@@ -491,6 +621,22 @@ static int repl_get_msg(repl_dec *d, kv_repl_msg *m)
             return rc;
         break;
     }
+    case KV_REPL_TREE:
+        if (repl_get_tree(d, m))
+            return KV_ECORRUPT;
+        break;
+    case KV_REPL_TREE_ACK:
+        if (repl_get_status(d, &m->status) || repl_get_u64s(d, m))
+            return KV_ECORRUPT;
+        break;
+    case KV_REPL_PULL:
+        if (repl_get_u32(d, &m->seq) || repl_get_ranges(d, m) || repl_get_u64s(d, m))
+            return KV_ECORRUPT;
+        break;
+    case KV_REPL_PULL_DATA:
+        if (repl_get_pull_data(d, m))
+            return KV_ECORRUPT;
+        break;
     }
     return repl_skip(d, extra);
 }

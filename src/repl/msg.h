@@ -18,6 +18,24 @@
  *   READ_ACK   [4, req_id, status, ts, node, flags, expiry_ms, value]
  *   LIST       [5, req_id, prefix, limit, has_cursor, cursor_hash, cursor_key]
  *   LIST_ACK   [6, req_id, status, truncated, [[key, hash, ts, node, flags]...]]
+ *   TREE       [7, req_id, level, ranges, nodes]
+ *   TREE_ACK   [8, req_id, status, sums]
+ *   PULL       [9, req_id, seq, ranges, have]
+ *   PULL_DATA  [10, req_id, status, seq, last, raw_len, payload]
+ *
+ * Anti-entropy and streaming (DESIGN §11; src/node/sync.c):
+ *   TREE asks a replica for its anti-entropy tree (src/ae/merkle.h) restricted to hash
+ *   ranges: for each node index of `nodes` at `level` (all 2^level nodes when `nodes` is
+ *   empty), the sum of the leaves inside both that node and `ranges`. TREE_ACK answers
+ *   the sums in the same order.
+ *   PULL asks a replica for its records in `ranges`, one chunk (src/repl/chunk.h) per
+ *   PULL: seq 0 opens a pull (ranges; have = item digests the asker already holds, which
+ *   the replica skips), seq k > 0 acknowledges chunk k-1 as applied and asks for chunk k
+ *   (ranges/have empty). PULL_DATA answers chunk seq; last is true on the final one.
+ *   status KV_REPL_ERROR on a PULL_DATA means the pull is unknown (the replica restarted
+ *   or timed it out): start it again.
+ * ranges, nodes, sums and have are byte strings of packed big-endian u64 values (ranges:
+ * lo, hi pairs, [lo, hi) as in store_range), read with kv_repl_u64_at.
  *
  * Fields: key 1..KV_REPL_KEY_MAX bytes; value a byte string (empty for tombstones);
  * ts/node a kv_version; flags KV_REPL_F_*; hint_for a 16-byte id or an empty byte string;
@@ -42,12 +60,17 @@
 #define KV_REPL_BATCH_MAX 4096    /* messages in one batch, at most */
 #define KV_REPL_LIST_MAX  10000   /* items in one LIST_ACK, and LIST.limit, at most */
 #define KV_REPL_VALUE_MAX (64u << 20)
+#define KV_REPL_RANGES_MAX (1u << 18) /* (lo, hi) pairs in one TREE or PULL */
+#define KV_REPL_U64S_MAX   (1u << 21) /* nodes, sums or have digests in one message */
+#define KV_REPL_LEVEL_MAX  20         /* TREE.level (KV_MERKLE_MAX_DEPTH) */
+#define KV_REPL_ALL_LEVEL_MAX 12      /* TREE with empty nodes: level at most this */
 
 /* Request ids: the adapter routes an ACK to whoever sent the request by the top bits of
  * req_id: 0 — the coordinator; KV_REPL_REQ_HINT — hint delivery; KV_REPL_REQ_LIST — key
  * listing. Each owner makes ids unique within its own space. */
 #define KV_REPL_REQ_HINT (1ull << 63)
 #define KV_REPL_REQ_LIST (1ull << 62)
+#define KV_REPL_REQ_SYNC (3ull << 62) /* anti-entropy and streaming (TREE, PULL) */
 #define KV_REPL_REQ_MASK (3ull << 62)
 
 typedef enum kv_repl_type {
@@ -57,6 +80,10 @@ typedef enum kv_repl_type {
     KV_REPL_READ_ACK = 4,
     KV_REPL_LIST = 5,
     KV_REPL_LIST_ACK = 6,
+    KV_REPL_TREE = 7,
+    KV_REPL_TREE_ACK = 8,
+    KV_REPL_PULL = 9,
+    KV_REPL_PULL_DATA = 10,
 } kv_repl_type;
 
 /* Answer status. */
@@ -107,7 +134,35 @@ typedef struct kv_repl_msg {
     bool truncated; /* the replica stopped at limit: keys beyond the last may exist */
     uint32_t n_items;
     const kv_repl_item *items; /* decode: points into kv_repl_batch.items */
+    /* TREE, TREE_ACK, PULL, PULL_DATA */
+    uint32_t level;        /* TREE: 0..KV_REPL_LEVEL_MAX */
+    uint32_t seq;          /* PULL, PULL_DATA */
+    bool last;             /* PULL_DATA */
+    uint32_t raw_len;      /* PULL_DATA: the chunk's raw length (value/vlen = payload) */
+    const uint8_t *ranges; /* TREE, PULL: n_ranges packed (lo, hi) pairs, 16 bytes each */
+    size_t n_ranges;
+    const uint8_t *u64s; /* TREE: nodes; TREE_ACK: sums; PULL: have; 8 bytes each */
+    size_t n_u64s;
 } kv_repl_msg;
+
+/* The i-th packed big-endian u64 of p (ranges: lo of pair k is 2k, hi 2k+1). */
+static inline uint64_t kv_repl_u64_at(const uint8_t *p, size_t i)
+{
+    p += i * 8;
+    return (uint64_t)p[0] << 56 | (uint64_t)p[1] << 48 | (uint64_t)p[2] << 40 |
+           (uint64_t)p[3] << 32 | (uint64_t)p[4] << 24 | (uint64_t)p[5] << 16 |
+           (uint64_t)p[6] << 8 | (uint64_t)p[7];
+}
+
+/* Store v big-endian at p + 8 * i (building the packed strings to send). */
+static inline void kv_repl_u64_put(uint8_t *p, size_t i, uint64_t v)
+{
+    p += i * 8;
+    for (int k = 7; k >= 0; k--) {
+        p[k] = (uint8_t)v;
+        v >>= 8;
+    }
+}
 
 /* ---- encoding: a batch is built message by message into one buffer ---- */
 

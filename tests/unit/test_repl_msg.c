@@ -121,6 +121,49 @@ static void assert_bytes_eq(const uint8_t *a, size_t alen, const uint8_t *b, siz
         CHECK(memcmp(a, b, alen) == 0);
 }
 
+/* n packed u64s equal value by value (read back with kv_repl_u64_at, as receivers do). */
+static void assert_u64s_eq(const uint8_t *a, const uint8_t *e, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        CHECK_EQ(kv_repl_u64_at(a, i), kv_repl_u64_at(e, i));
+}
+
+/* The fields of TREE, TREE_ACK, PULL and PULL_DATA. */
+static void assert_sync_eq(const kv_repl_msg *a, const kv_repl_msg *e)
+{
+    switch (e->type) {
+    case KV_REPL_TREE:
+        CHECK_EQ(a->level, e->level);
+        CHECK_EQ(a->n_ranges, e->n_ranges);
+        assert_u64s_eq(a->ranges, e->ranges, 2 * e->n_ranges);
+        CHECK_EQ(a->n_u64s, e->n_u64s);
+        assert_u64s_eq(a->u64s, e->u64s, e->n_u64s);
+        break;
+    case KV_REPL_TREE_ACK:
+        CHECK_EQ(a->status, e->status);
+        CHECK_EQ(a->n_ranges, 0);
+        CHECK_EQ(a->n_u64s, e->n_u64s);
+        assert_u64s_eq(a->u64s, e->u64s, e->n_u64s);
+        break;
+    case KV_REPL_PULL:
+        CHECK_EQ(a->seq, e->seq);
+        CHECK_EQ(a->n_ranges, e->n_ranges);
+        assert_u64s_eq(a->ranges, e->ranges, 2 * e->n_ranges);
+        CHECK_EQ(a->n_u64s, e->n_u64s);
+        assert_u64s_eq(a->u64s, e->u64s, e->n_u64s);
+        break;
+    case KV_REPL_PULL_DATA:
+        CHECK_EQ(a->status, e->status);
+        CHECK_EQ(a->seq, e->seq);
+        CHECK_EQ(a->last, e->last);
+        CHECK_EQ(a->raw_len, e->raw_len);
+        assert_bytes_eq(a->value, a->vlen, e->value, e->vlen);
+        break;
+    default:
+        cr_assert_fail("not a sync message: type %d", (int)e->type);
+    }
+}
+
 static void assert_msg_eq(const kv_repl_msg *a, const kv_repl_msg *e)
 {
     CHECK_EQ(a->type, e->type);
@@ -177,6 +220,12 @@ static void assert_msg_eq(const kv_repl_msg *a, const kv_repl_msg *e)
             CHECK_EQ(x->ver.node, y->ver.node);
             CHECK_EQ(x->flags, y->flags);
         }
+        break;
+    case KV_REPL_TREE:
+    case KV_REPL_TREE_ACK:
+    case KV_REPL_PULL:
+    case KV_REPL_PULL_DATA:
+        assert_sync_eq(a, e);
         break;
     }
 }
@@ -440,7 +489,7 @@ Test(repl_msg, add_refuses_fields_over_their_bounds_and_leaves_the_batch_intact)
     bad[n].type = (kv_repl_type)0;
     n++;
     bad[n] = mk_write(4, 0, 0, false);
-    bad[n].type = (kv_repl_type)7;
+    bad[n].type = (kv_repl_type)11; /* one past KV_REPL_PULL_DATA */
     n++;
     bad[n] = mk_write(4, 0, 0, false);
     bad[n].type = KV_REPL_READ;
@@ -662,8 +711,8 @@ Test(repl_msg, decode_refuses_malformed_and_out_of_bounds_input)
     raw_write(&w, 4, 1, 17);
     cr_assert_str_eq(fail_buf(&b), KV_REPL_OUT_OF_BOUNDS);
 
-    /* Unknown types 0 and 7, a negative type, a type as text. */
-    uint64_t types[] = {0, 7, 1000};
+    /* Unknown types 0 and 11, a negative type, a type as text. */
+    uint64_t types[] = {0, 11, 1000};
     for (size_t i = 0; i < 3; i++) {
         raw_head(&w, KV_REPL_PROTO, 1);
         kv_cbor_put_array(&w, 3);
@@ -970,7 +1019,7 @@ Test(repl_msg, random_corruption_never_crashes_and_what_decodes_is_in_bounds)
         CHECK(d.n_msgs <= KV_REPL_BATCH_MAX);
         for (uint32_t i = 0; i < d.n_msgs; i++) {
             const kv_repl_msg *m = &d.msgs[i];
-            CHECK(m->type >= KV_REPL_WRITE && m->type <= KV_REPL_LIST_ACK);
+            CHECK(m->type >= KV_REPL_WRITE && m->type <= KV_REPL_PULL_DATA);
             CHECK(m->klen <= KV_REPL_KEY_MAX);
             CHECK((unsigned)m->status <= KV_REPL_NOSPACE);
             CHECK(m->n_items <= KV_REPL_LIST_MAX);
@@ -1036,4 +1085,578 @@ Test(repl_msg, cost_of_a_typical_write)
             b.len, enc / rounds * 1e9, dec / rounds * 1e9, (enc + dec) / rounds * 1e9);
     (void)sink;
     kv_buf_free(&b);
+}
+
+/* ---------- anti-entropy and streaming: TREE, TREE_ACK, PULL, PULL_DATA ---------- */
+
+/* Packed contents the sync messages point at (malloc'ed by sync_data_init). */
+typedef struct sync_data {
+    uint8_t *ranges;  /* RANGES pairs, ascending, the last one ending at 2^64 (hi 0) */
+    uint8_t *nodes;   /* NODES indexes at level 16, the last one 2^16 - 1 */
+    uint8_t *sums;    /* SUMS sums, edge values included */
+    uint8_t *have;    /* HAVE digests */
+    uint8_t *payload; /* PAYLOAD bytes */
+} sync_data;
+
+#define SYNC_RANGES  300
+#define SYNC_NODES   4096
+#define SYNC_SUMS    4096
+#define SYNC_HAVE    10000
+#define SYNC_PAYLOAD (1u << 20)
+
+static void sync_data_init(sync_data *sd)
+{
+    sd->ranges = malloc(SYNC_RANGES * 16);
+    sd->nodes = malloc(SYNC_NODES * 8);
+    sd->sums = malloc(SYNC_SUMS * 8);
+    sd->have = malloc(SYNC_HAVE * 8);
+    sd->payload = malloc(SYNC_PAYLOAD);
+    cr_assert(sd->ranges && sd->nodes && sd->sums && sd->have && sd->payload);
+    for (size_t i = 0; i < SYNC_RANGES; i++) {
+        uint64_t lo = (uint64_t)i << 48;
+        kv_repl_u64_put(sd->ranges, 2 * i, lo);
+        kv_repl_u64_put(sd->ranges, 2 * i + 1, i == SYNC_RANGES - 1 ? 0 : lo + (1ull << 47));
+    }
+    for (size_t i = 0; i < SYNC_NODES; i++)
+        kv_repl_u64_put(sd->nodes, i, i == SYNC_NODES - 1 ? 0xffff : (i * 13) % 0x10000);
+    for (size_t i = 0; i < SYNC_SUMS; i++)
+        kv_repl_u64_put(sd->sums, i, i == 0 ? UINT64_MAX : i * 0x9e3779b97f4a7c15ull);
+    for (size_t i = 0; i < SYNC_HAVE; i++)
+        kv_repl_u64_put(sd->have, i, (i + 1) * 0xc2b2ae3d27d4eb4full);
+    for (size_t i = 0; i < SYNC_PAYLOAD; i++)
+        sd->payload[i] = (uint8_t)(i * 31 + (i >> 11));
+}
+
+static void sync_data_free(sync_data *sd)
+{
+    free(sd->ranges);
+    free(sd->nodes);
+    free(sd->sums);
+    free(sd->have);
+    free(sd->payload);
+}
+
+/* One of each sync type as a node would send it, scaled down by `scale` (1 = the
+ * realistic sizes above; larger divides every count, for the mutation test). */
+static size_t sync_messages(kv_repl_msg *m, const sync_data *sd, size_t scale)
+{
+    size_t n = 0;
+    memset(m, 0, 8 * sizeof *m);
+    m[n].type = KV_REPL_TREE; /* the top of the tree: all nodes of a level */
+    m[n].req_id = KV_REPL_REQ_SYNC | 1;
+    m[n].level = KV_REPL_ALL_LEVEL_MAX;
+    m[n].ranges = sd->ranges;
+    m[n].n_ranges = SYNC_RANGES / scale;
+    n++;
+    m[n].type = KV_REPL_TREE; /* chosen nodes deeper down */
+    m[n].req_id = KV_REPL_REQ_SYNC | 2;
+    m[n].level = 16;
+    m[n].ranges = sd->ranges;
+    m[n].n_ranges = SYNC_RANGES / scale;
+    m[n].u64s = sd->nodes + (SYNC_NODES - SYNC_NODES / scale) * 8; /* keeps 0xffff */
+    m[n].n_u64s = SYNC_NODES / scale;
+    n++;
+    m[n].type = KV_REPL_TREE_ACK;
+    m[n].req_id = KV_REPL_REQ_SYNC | 1;
+    m[n].status = KV_REPL_OK;
+    m[n].u64s = sd->sums;
+    m[n].n_u64s = SYNC_SUMS / scale;
+    n++;
+    m[n].type = KV_REPL_PULL; /* opening a pull */
+    m[n].req_id = KV_REPL_REQ_SYNC | 3;
+    m[n].seq = 0;
+    m[n].ranges = sd->ranges;
+    m[n].n_ranges = SYNC_RANGES / scale;
+    m[n].u64s = sd->have;
+    m[n].n_u64s = SYNC_HAVE / scale;
+    n++;
+    m[n].type = KV_REPL_PULL; /* acknowledging chunk 6 */
+    m[n].req_id = KV_REPL_REQ_SYNC | 3;
+    m[n].seq = 7;
+    n++;
+    m[n].type = KV_REPL_PULL_DATA; /* a compressed chunk */
+    m[n].req_id = KV_REPL_REQ_SYNC | 3;
+    m[n].status = KV_REPL_OK;
+    m[n].seq = 7;
+    m[n].raw_len = 3 * (SYNC_PAYLOAD / scale);
+    m[n].value = sd->payload;
+    m[n].vlen = SYNC_PAYLOAD / scale;
+    n++;
+    m[n].type = KV_REPL_PULL_DATA; /* the last chunk, stored as raw bytes */
+    m[n].req_id = UINT64_MAX;
+    m[n].status = KV_REPL_OK;
+    m[n].seq = UINT32_MAX;
+    m[n].last = true;
+    m[n].raw_len = 100;
+    m[n].value = sd->payload;
+    m[n].vlen = 100;
+    n++;
+    m[n].type = KV_REPL_PULL_DATA; /* the pull is unknown: start again */
+    m[n].req_id = KV_REPL_REQ_SYNC | 9;
+    m[n].status = KV_REPL_ERROR;
+    m[n].seq = 2;
+    n++;
+    return n;
+}
+
+static bool inside_buf(const uint8_t *p, size_t n, const uint8_t *lo, size_t len)
+{
+    return n == 0 || (p >= lo && p + n <= lo + len);
+}
+
+Test(repl_msg, sync_messages_round_trip_with_realistic_contents)
+{
+    sync_data sd;
+    sync_data_init(&sd);
+    kv_repl_msg msgs[8];
+    size_t n = sync_messages(msgs, &sd, 1);
+    kv_buf b = KV_BUF_INIT;
+    encode(&b, msgs, n); /* each message exactly its wire bound; the batch within the sum */
+    kv_repl_batch d;
+    decode_ok(&b, &d);
+    cr_assert_eq(d.n_msgs, n);
+    for (size_t i = 0; i < n; i++)
+        assert_msg_eq(&d.msgs[i], &msgs[i]);
+
+    /* Spot checks of what a receiver reads, and the pointers point into the input. */
+    const uint8_t *lo = (const uint8_t *)b.data;
+    const kv_repl_msg *t = &d.msgs[1];
+    cr_assert_eq(t->n_ranges, SYNC_RANGES);
+    cr_assert_eq(kv_repl_u64_at(t->ranges, 2 * (SYNC_RANGES - 1)), (uint64_t)299 << 48);
+    cr_assert_eq(kv_repl_u64_at(t->ranges, 2 * SYNC_RANGES - 1), 0);
+    cr_assert_eq(kv_repl_u64_at(t->u64s, SYNC_NODES - 1), 0xffff);
+    cr_assert(inside_buf(t->ranges, t->n_ranges * 16, lo, b.len));
+    cr_assert(inside_buf(t->u64s, t->n_u64s * 8, lo, b.len));
+    cr_assert_eq(d.msgs[0].level, KV_REPL_ALL_LEVEL_MAX);
+    cr_assert_eq(d.msgs[0].n_u64s, 0);
+    cr_assert_eq(kv_repl_u64_at(d.msgs[2].u64s, 0), UINT64_MAX);
+    cr_assert_eq(d.msgs[3].n_u64s, SYNC_HAVE);
+    cr_assert_eq(kv_repl_u64_at(d.msgs[3].u64s, SYNC_HAVE - 1), SYNC_HAVE * 0xc2b2ae3d27d4eb4full);
+    cr_assert(inside_buf(d.msgs[3].u64s, SYNC_HAVE * 8, lo, b.len));
+    cr_assert_eq(d.msgs[4].n_ranges, 0);
+    cr_assert_eq(d.msgs[4].n_u64s, 0);
+    cr_assert_eq(d.msgs[5].vlen, SYNC_PAYLOAD);
+    cr_assert_eq(d.msgs[5].raw_len, 3 * SYNC_PAYLOAD);
+    cr_assert(inside_buf(d.msgs[5].value, SYNC_PAYLOAD, lo, b.len));
+    cr_assert(d.msgs[6].last);
+    cr_assert_not(d.msgs[5].last);
+    cr_assert_eq(d.msgs[7].status, KV_REPL_ERROR);
+    cr_assert_eq(d.msgs[7].vlen, 0);
+    kv_repl_batch_free(&d);
+
+    /* The largest counts the bounds allow round-trip too, within their wire bound. */
+    size_t big = (size_t)KV_REPL_U64S_MAX * 8;
+    uint8_t *u = calloc(1, big);
+    cr_assert_not_null(u);
+    kv_repl_u64_put(u, KV_REPL_U64S_MAX - 1, (1ull << KV_REPL_LEVEL_MAX) - 1);
+    kv_repl_msg m[2];
+    memset(m, 0, sizeof m);
+    m[0].type = KV_REPL_TREE;
+    m[0].level = KV_REPL_LEVEL_MAX;
+    m[0].ranges = u;
+    m[0].n_ranges = KV_REPL_RANGES_MAX;
+    m[0].u64s = u;
+    m[0].n_u64s = KV_REPL_U64S_MAX;
+    m[1].type = KV_REPL_PULL_DATA;
+    m[1].raw_len = 64u << 20;
+    m[1].value = u;
+    m[1].vlen = big;
+    encode(&b, m, 2);
+    decode_ok(&b, &d);
+    cr_assert_eq(d.n_msgs, 2);
+    assert_msg_eq(&d.msgs[0], &m[0]);
+    assert_msg_eq(&d.msgs[1], &m[1]);
+    kv_repl_batch_free(&d);
+    free(u);
+    kv_buf_free(&b);
+    sync_data_free(&sd);
+}
+
+Test(repl_msg, add_refuses_sync_fields_over_their_bounds_and_leaves_the_batch_intact)
+{
+    uint8_t nodes[16], buf[16];
+    memset(buf, 0, sizeof buf);
+    kv_repl_u64_put(nodes, 0, 3);
+    kv_repl_u64_put(nodes, 1, 4); /* one past the last node at level 2 */
+    kv_repl_msg bad[16];
+    memset(bad, 0, sizeof bad);
+    size_t n = 0;
+    bad[n].type = KV_REPL_TREE;
+    bad[n].level = KV_REPL_LEVEL_MAX + 1;
+    bad[n].u64s = buf;
+    bad[n].n_u64s = 1;
+    n++;
+    bad[n].type = KV_REPL_TREE; /* all nodes of a level too deep for that */
+    bad[n].level = KV_REPL_ALL_LEVEL_MAX + 1;
+    n++;
+    bad[n].type = KV_REPL_TREE;
+    bad[n].level = 2;
+    bad[n].u64s = nodes;
+    bad[n].n_u64s = 2;
+    n++;
+    bad[n].type = KV_REPL_TREE; /* node 2^20 at the deepest level */
+    bad[n].level = KV_REPL_LEVEL_MAX;
+    kv_repl_u64_put(buf, 1, 1ull << KV_REPL_LEVEL_MAX);
+    bad[n].u64s = buf + 8;
+    bad[n].n_u64s = 1;
+    n++;
+    bad[n].type = KV_REPL_TREE;
+    bad[n].u64s = buf;
+    bad[n].n_u64s = (size_t)KV_REPL_U64S_MAX + 1; /* refused before anything is read */
+    n++;
+    bad[n].type = KV_REPL_TREE;
+    bad[n].ranges = buf;
+    bad[n].n_ranges = (size_t)KV_REPL_RANGES_MAX + 1;
+    n++;
+    bad[n].type = KV_REPL_TREE; /* a count without bytes */
+    bad[n].n_ranges = 1;
+    n++;
+    bad[n].type = KV_REPL_TREE_ACK;
+    bad[n].u64s = buf;
+    bad[n].n_u64s = (size_t)KV_REPL_U64S_MAX + 1;
+    n++;
+    bad[n].type = KV_REPL_TREE_ACK;
+    bad[n].status = (kv_repl_status)(KV_REPL_NOSPACE + 1);
+    n++;
+    bad[n].type = KV_REPL_PULL;
+    bad[n].u64s = buf;
+    bad[n].n_u64s = (size_t)KV_REPL_U64S_MAX + 1;
+    n++;
+    bad[n].type = KV_REPL_PULL;
+    bad[n].ranges = buf;
+    bad[n].n_ranges = (size_t)KV_REPL_RANGES_MAX + 1;
+    n++;
+    bad[n].type = KV_REPL_PULL;
+    bad[n].n_u64s = 2; /* a count without bytes */
+    n++;
+    bad[n].type = KV_REPL_PULL_DATA;
+    bad[n].raw_len = (64u << 20) + 1;
+    n++;
+    bad[n].type = KV_REPL_PULL_DATA;
+    bad[n].value = buf;
+    bad[n].vlen = (size_t)KV_REPL_VALUE_MAX + 1;
+    n++;
+    bad[n].type = KV_REPL_PULL_DATA;
+    bad[n].status = (kv_repl_status)99;
+    n++;
+    bad[n].type = KV_REPL_PULL_DATA;
+    bad[n].vlen = 5; /* a length without bytes */
+    n++;
+    cr_assert_leq(n, sizeof bad / sizeof bad[0]);
+
+    kv_buf b = KV_BUF_INIT;
+    kv_repl_batch_w w;
+    swim_member_id id = mkid(3);
+    kv_repl_batch_begin(&w, &b, &id, ADDR);
+    kv_repl_msg good;
+    memset(&good, 0, sizeof good);
+    good.type = KV_REPL_TREE;
+    good.level = 2;
+    good.u64s = nodes;
+    good.n_u64s = 1; /* node 3: the last one at level 2 */
+    add_ok(&w, &good);
+    size_t len = b.len;
+    for (size_t i = 0; i < n; i++) {
+        cr_assert_eq(kv_repl_batch_add(&w, &bad[i]), KV_EINVAL, "bad message %zu accepted", i);
+        cr_assert_eq(b.len, len);
+    }
+    add_ok(&w, &good);
+    cr_assert_eq(kv_repl_batch_end(&w), KV_OK);
+    kv_repl_batch d;
+    decode_ok(&b, &d);
+    cr_assert_eq(d.n_msgs, 2);
+    cr_assert_eq(kv_repl_u64_at(d.msgs[1].u64s, 0), 3);
+    kv_repl_batch_free(&d);
+    kv_buf_free(&b);
+}
+
+/* Hand-made sync messages: [7, 1, level, ranges, nodes] and friends, lengths in bytes. */
+static void raw_tree(kv_cbor_w *w, uint64_t level, size_t ranges_len, const uint8_t *nodes,
+                     size_t nodes_len)
+{
+    kv_cbor_put_array(w, 5);
+    kv_cbor_put_uint(w, KV_REPL_TREE);
+    kv_cbor_put_uint(w, 1);
+    kv_cbor_put_uint(w, level);
+    kv_cbor_put_bytes(w, g_val, ranges_len);
+    kv_cbor_put_bytes(w, nodes, nodes_len);
+}
+
+static void raw_tree_ack(kv_cbor_w *w, uint64_t status, size_t sums_len)
+{
+    kv_cbor_put_array(w, 4);
+    kv_cbor_put_uint(w, KV_REPL_TREE_ACK);
+    kv_cbor_put_uint(w, 1);
+    kv_cbor_put_uint(w, status);
+    kv_cbor_put_bytes(w, g_val, sums_len);
+}
+
+static void raw_pull_data(kv_cbor_w *w, uint64_t status, uint64_t raw_len, size_t plen)
+{
+    kv_cbor_put_array(w, 7);
+    kv_cbor_put_uint(w, KV_REPL_PULL_DATA);
+    kv_cbor_put_uint(w, 1);
+    kv_cbor_put_uint(w, status);
+    kv_cbor_put_uint(w, 4);
+    kv_cbor_put_bool(w, true);
+    kv_cbor_put_uint(w, raw_len);
+    kv_cbor_put_bytes(w, g_val, plen);
+}
+
+Test(repl_msg, decode_refuses_malformed_and_out_of_bounds_sync_messages)
+{
+    kv_buf b = KV_BUF_INIT;
+    kv_cbor_w w = {.out = &b, .err = KV_OK};
+    uint8_t nodes[16];
+    kv_repl_u64_put(nodes, 0, 0xfffff); /* the last node at level 20 */
+    kv_repl_u64_put(nodes, 1, 7);
+
+    /* Sanity: the hand-made valid messages decode. */
+    raw_head(&w, KV_REPL_PROTO, 4);
+    raw_tree(&w, KV_REPL_LEVEL_MAX, 32, nodes, 16);
+    raw_tree_ack(&w, KV_REPL_NOSPACE, 16);
+    raw_pull_data(&w, KV_REPL_ERROR, 64u << 20, 3);
+    kv_cbor_put_array(&w, 5);
+    kv_cbor_put_uint(&w, KV_REPL_PULL);
+    kv_cbor_put_uint(&w, 1);
+    kv_cbor_put_uint(&w, UINT32_MAX);
+    kv_cbor_put_bytes(&w, g_val, 16);
+    kv_cbor_put_bytes(&w, g_val, 0);
+    kv_repl_batch d;
+    decode_ok(&b, &d);
+    cr_assert_eq(d.n_msgs, 4);
+    cr_assert_eq(d.msgs[0].level, KV_REPL_LEVEL_MAX);
+    cr_assert_eq(d.msgs[0].n_ranges, 2);
+    cr_assert_eq(d.msgs[0].n_u64s, 2);
+    cr_assert_eq(kv_repl_u64_at(d.msgs[0].u64s, 0), 0xfffff);
+    cr_assert_eq(d.msgs[1].n_u64s, 2);
+    cr_assert_eq(d.msgs[2].raw_len, 64u << 20);
+    cr_assert_eq(d.msgs[2].vlen, 3); /* raw_len need not be at least the payload's */
+    cr_assert_eq(d.msgs[3].seq, UINT32_MAX);
+    cr_assert_eq(d.msgs[3].n_ranges, 1);
+    kv_repl_batch_free(&d);
+    kv_buf_reset(&b);
+
+    /* ranges of 17 bytes; sums of 9; have of 12. */
+    raw_head(&w, KV_REPL_PROTO, 1);
+    raw_tree(&w, 3, 17, nodes + 8, 8);
+    cr_assert_str_eq(fail_buf(&b), KV_REPL_OUT_OF_BOUNDS);
+    raw_head(&w, KV_REPL_PROTO, 1);
+    raw_tree_ack(&w, KV_REPL_OK, 9);
+    cr_assert_str_eq(fail_buf(&b), KV_REPL_OUT_OF_BOUNDS);
+    raw_head(&w, KV_REPL_PROTO, 1);
+    kv_cbor_put_array(&w, 5);
+    kv_cbor_put_uint(&w, KV_REPL_PULL);
+    kv_cbor_put_uint(&w, 1);
+    kv_cbor_put_uint(&w, 0);
+    kv_cbor_put_bytes(&w, g_val, 16);
+    kv_cbor_put_bytes(&w, g_val, 12);
+    cr_assert_str_eq(fail_buf(&b), KV_REPL_OUT_OF_BOUNDS);
+
+    /* level 21; all nodes at level 13; node 2^20 at level 20; node 7 at level 2. */
+    raw_head(&w, KV_REPL_PROTO, 1);
+    raw_tree(&w, KV_REPL_LEVEL_MAX + 1, 16, nodes + 8, 8);
+    cr_assert_str_eq(fail_buf(&b), KV_REPL_OUT_OF_BOUNDS);
+    raw_head(&w, KV_REPL_PROTO, 1);
+    raw_tree(&w, KV_REPL_ALL_LEVEL_MAX + 1, 16, nodes, 0);
+    cr_assert_str_eq(fail_buf(&b), KV_REPL_OUT_OF_BOUNDS);
+    uint8_t far[8];
+    kv_repl_u64_put(far, 0, 1ull << KV_REPL_LEVEL_MAX);
+    raw_head(&w, KV_REPL_PROTO, 1);
+    raw_tree(&w, KV_REPL_LEVEL_MAX, 16, far, 8);
+    cr_assert_str_eq(fail_buf(&b), KV_REPL_OUT_OF_BOUNDS);
+    raw_head(&w, KV_REPL_PROTO, 1);
+    raw_tree(&w, 2, 16, nodes, 16); /* the first node is over, too */
+    cr_assert_str_eq(fail_buf(&b), KV_REPL_OUT_OF_BOUNDS);
+
+    /* Unknown status on TREE_ACK and PULL_DATA; raw_len over 64 MiB. */
+    raw_head(&w, KV_REPL_PROTO, 1);
+    raw_tree_ack(&w, KV_REPL_NOSPACE + 1, 8);
+    cr_assert_str_eq(fail_buf(&b), KV_REPL_OUT_OF_BOUNDS);
+    raw_head(&w, KV_REPL_PROTO, 1);
+    raw_pull_data(&w, 1000, 10, 3);
+    cr_assert_str_eq(fail_buf(&b), KV_REPL_OUT_OF_BOUNDS);
+    raw_head(&w, KV_REPL_PROTO, 1);
+    raw_pull_data(&w, KV_REPL_OK, (64u << 20) + 1, 3);
+    cr_assert_str_eq(fail_buf(&b), KV_REPL_OUT_OF_BOUNDS);
+    raw_head(&w, KV_REPL_PROTO, 1);
+    raw_pull_data(&w, KV_REPL_OK, UINT64_MAX, 3);
+    cr_assert_str_eq(fail_buf(&b), KV_REPL_OUT_OF_BOUNDS);
+
+    /* More ranges than KV_REPL_RANGES_MAX (every byte present). */
+    size_t over = ((size_t)KV_REPL_RANGES_MAX + 1) * 16;
+    uint8_t *zeros = calloc(1, over);
+    cr_assert_not_null(zeros);
+    raw_head(&w, KV_REPL_PROTO, 1);
+    kv_cbor_put_array(&w, 5);
+    kv_cbor_put_uint(&w, KV_REPL_PULL);
+    kv_cbor_put_uint(&w, 1);
+    kv_cbor_put_uint(&w, 0);
+    kv_cbor_put_bytes(&w, zeros, over);
+    kv_cbor_put_bytes(&w, zeros, 0);
+    cr_assert_str_eq(fail_buf(&b), KV_REPL_OUT_OF_BOUNDS);
+    free(zeros);
+
+    /* Wrong shapes: a message array too short for its type; ranges as an array; last as
+     * an integer; seq over uint32 (out of bounds); level as bytes. */
+    raw_head(&w, KV_REPL_PROTO, 1);
+    kv_cbor_put_array(&w, 6);
+    kv_cbor_put_uint(&w, KV_REPL_PULL_DATA);
+    kv_cbor_put_uint(&w, 1);
+    kv_cbor_put_uint(&w, KV_REPL_OK);
+    kv_cbor_put_uint(&w, 0);
+    kv_cbor_put_bool(&w, false);
+    kv_cbor_put_uint(&w, 0);
+    cr_assert_str_eq(fail_buf(&b), KV_REPL_MALFORMED);
+    raw_head(&w, KV_REPL_PROTO, 1);
+    kv_cbor_put_array(&w, 5);
+    kv_cbor_put_uint(&w, KV_REPL_TREE);
+    kv_cbor_put_uint(&w, 1);
+    kv_cbor_put_uint(&w, 1);
+    kv_cbor_put_array(&w, 2);
+    kv_cbor_put_uint(&w, 0);
+    kv_cbor_put_uint(&w, 0);
+    kv_cbor_put_bytes(&w, g_val, 0);
+    cr_assert_str_eq(fail_buf(&b), KV_REPL_MALFORMED);
+    raw_head(&w, KV_REPL_PROTO, 1);
+    kv_cbor_put_array(&w, 7);
+    kv_cbor_put_uint(&w, KV_REPL_PULL_DATA);
+    kv_cbor_put_uint(&w, 1);
+    kv_cbor_put_uint(&w, KV_REPL_OK);
+    kv_cbor_put_uint(&w, 0);
+    kv_cbor_put_uint(&w, 1);
+    kv_cbor_put_uint(&w, 0);
+    kv_cbor_put_bytes(&w, g_val, 0);
+    cr_assert_str_eq(fail_buf(&b), KV_REPL_MALFORMED);
+    raw_head(&w, KV_REPL_PROTO, 1);
+    kv_cbor_put_array(&w, 5);
+    kv_cbor_put_uint(&w, KV_REPL_PULL);
+    kv_cbor_put_uint(&w, 1);
+    kv_cbor_put_uint(&w, (uint64_t)UINT32_MAX + 1);
+    kv_cbor_put_bytes(&w, g_val, 0);
+    kv_cbor_put_bytes(&w, g_val, 0);
+    cr_assert_str_eq(fail_buf(&b), KV_REPL_OUT_OF_BOUNDS);
+    raw_head(&w, KV_REPL_PROTO, 1);
+    kv_cbor_put_array(&w, 5);
+    kv_cbor_put_uint(&w, KV_REPL_TREE);
+    kv_cbor_put_uint(&w, 1);
+    kv_cbor_put_bytes(&w, g_val, 1);
+    kv_cbor_put_bytes(&w, g_val, 0);
+    kv_cbor_put_bytes(&w, g_val, 0);
+    cr_assert_str_eq(fail_buf(&b), KV_REPL_MALFORMED);
+
+    /* A bad message after good ones refuses the whole batch. */
+    raw_head(&w, KV_REPL_PROTO, 2);
+    raw_tree_ack(&w, KV_REPL_OK, 16);
+    raw_tree_ack(&w, KV_REPL_OK, 15);
+    cr_assert_str_eq(fail_buf(&b), KV_REPL_OUT_OF_BOUNDS);
+
+    cr_assert_eq(w.err, KV_OK);
+    kv_buf_free(&b);
+}
+
+Test(repl_msg, decode_refuses_every_truncation_of_a_sync_batch)
+{
+    sync_data sd;
+    sync_data_init(&sd);
+    kv_repl_msg msgs[8];
+    size_t n = sync_messages(msgs, &sd, 100); /* 3 ranges, 40 nodes, 100 have, 10 KiB */
+    kv_buf b = KV_BUF_INIT;
+    encode(&b, msgs, n);
+    for (size_t cut = 0; cut < b.len; cut++) {
+        /* A copy of exactly cut bytes, so ASan sees any read past the end. */
+        uint8_t *q = malloc(cut ? cut : 1);
+        cr_assert_not_null(q);
+        memcpy(q, b.data, cut);
+        decode_fail(q, cut);
+        free(q);
+    }
+    kv_buf_free(&b);
+    sync_data_free(&sd);
+}
+
+/* What a decoded sync message must satisfy whatever the input was. */
+static void check_sync_in_bounds(const kv_repl_msg *m, const uint8_t *p, size_t len)
+{
+    CHECK(m->type >= KV_REPL_WRITE && m->type <= KV_REPL_PULL_DATA);
+    CHECK((unsigned)m->status <= KV_REPL_NOSPACE);
+    CHECK(m->n_ranges <= KV_REPL_RANGES_MAX && inside_buf(m->ranges, m->n_ranges * 16, p, len));
+    CHECK(m->n_u64s <= KV_REPL_U64S_MAX && inside_buf(m->u64s, m->n_u64s * 8, p, len));
+    CHECK(m->vlen <= KV_REPL_VALUE_MAX && inside_buf(m->value, m->vlen, p, len));
+    CHECK(m->raw_len <= (64u << 20));
+    if (m->type == KV_REPL_TREE) {
+        CHECK(m->level <= KV_REPL_LEVEL_MAX);
+        CHECK(m->n_u64s || m->level <= KV_REPL_ALL_LEVEL_MAX);
+        for (size_t i = 0; i < m->n_u64s; i++)
+            CHECK(kv_repl_u64_at(m->u64s, i) < (1ull << m->level));
+    }
+}
+
+Test(repl_msg, random_mutations_of_a_sync_batch_never_crash_and_what_decodes_is_in_bounds)
+{
+    sync_data sd;
+    sync_data_init(&sd);
+    kv_repl_msg msgs[8];
+    /* Small contents, so most mutations land on heads and lengths rather than payload. */
+    size_t n = sync_messages(msgs, &sd, 1000);
+    msgs[5].vlen = 40;
+    kv_buf b = KV_BUF_INIT;
+    encode(&b, msgs, n);
+    /* Mutations stay inside a copy of exactly the encoded length (ASan sees overreads). */
+    uint8_t *p = malloc(b.len);
+    cr_assert_not_null(p);
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+    int decoded = 0, rounds = 5000;
+    for (int round = 0; round < rounds; round++) {
+        memcpy(p, b.data, b.len);
+        int edits = 1 + round % 5;
+        for (int f = 0; f < edits; f++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            size_t at = (size_t)(x % b.len);
+            switch ((x >> 40) % 3) {
+            case 0: /* flip a bit */
+                p[at] ^= (uint8_t)(1u << ((x >> 32) % 8));
+                break;
+            case 1: /* an arbitrary byte */
+                p[at] = (uint8_t)(x >> 48);
+                break;
+            default: /* an interesting one: a small uint, a head of each width, a bool */
+                p[at] = (const uint8_t[]){
+                    0x00, 0x07, 0x0a, 0x15, 0x18, 0x19, 0x1a, 0x1b,
+                    0x40, 0x48, 0x50, 0x58, 0x5a, 0x80, 0x85, 0xf5}[(x >> 52) % 16];
+                break;
+            }
+        }
+        kv_repl_batch d;
+        const char *why = NULL;
+        int rc = kv_repl_batch_decode(p, b.len, &d, &why);
+        CHECK(rc == KV_OK || rc == KV_ECORRUPT);
+        if (rc != KV_OK) {
+            CHECK(why &&
+                  (strcmp(why, KV_REPL_MALFORMED) == 0 || strcmp(why, KV_REPL_OUT_OF_BOUNDS) == 0));
+            CHECK(d.msgs == NULL && d.items == NULL);
+            continue;
+        }
+        decoded++;
+        CHECK(d.n_msgs <= KV_REPL_BATCH_MAX);
+        for (uint32_t i = 0; i < d.n_msgs; i++)
+            check_sync_in_bounds(&d.msgs[i], p, b.len);
+        /* What decodes is something the encoder takes, within its wire bound. */
+        kv_buf out = KV_BUF_INIT;
+        kv_repl_batch_w w;
+        kv_repl_batch_begin(&w, &out, &d.from_id, d.from_addr);
+        for (uint32_t i = 0; i < d.n_msgs; i++) {
+            size_t before = out.len;
+            CHECK_EQ(kv_repl_batch_add(&w, &d.msgs[i]), KV_OK);
+            CHECK(out.len - before <= kv_repl_msg_wire_bound(&d.msgs[i]));
+        }
+        CHECK_EQ(kv_repl_batch_end(&w), KV_OK);
+        kv_buf_free(&out);
+        kv_repl_batch_free(&d);
+    }
+    cr_log_info("%d of %d mutated sync batches still decoded", decoded, rounds);
+    cr_assert_gt(decoded, 0, "no mutation kept a batch valid: the test tests nothing");
+    free(p);
+    kv_buf_free(&b);
+    sync_data_free(&sd);
 }
