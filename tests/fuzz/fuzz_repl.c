@@ -35,7 +35,7 @@ static void check_bounds(const kv_repl_batch *b, const uint8_t *data, size_t len
     FZ_CHECK(strlen(b->from_addr) <= SWIM_ADDR_MAX, "from_addr bound");
     for (uint32_t i = 0; i < b->n_msgs; i++) {
         const kv_repl_msg *m = &b->msgs[i];
-        FZ_CHECK(m->type >= KV_REPL_WRITE && m->type <= KV_REPL_LIST_ACK, "type");
+        FZ_CHECK(m->type >= KV_REPL_WRITE && m->type <= KV_REPL_PULL_DATA, "type");
         FZ_CHECK((unsigned)m->status <= KV_REPL_NOSPACE, "status");
         FZ_CHECK(m->klen <= KV_REPL_KEY_MAX && inside(m->key, m->klen, data, len), "key");
         FZ_CHECK((m->type != KV_REPL_WRITE && m->type != KV_REPL_READ) || m->klen >= 1,
@@ -48,6 +48,18 @@ static void check_bounds(const kv_repl_batch *b, const uint8_t *data, size_t len
                  "cursor");
         FZ_CHECK(m->n_items <= KV_REPL_LIST_MAX, "n_items");
         FZ_CHECK(m->type == KV_REPL_LIST_ACK || m->n_items == 0, "items only on LIST_ACK");
+        FZ_CHECK(m->n_ranges <= KV_REPL_RANGES_MAX &&
+                     inside(m->ranges, m->n_ranges * 16, data, len),
+                 "ranges");
+        FZ_CHECK(m->n_u64s <= KV_REPL_U64S_MAX && inside(m->u64s, m->n_u64s * 8, data, len),
+                 "u64s");
+        FZ_CHECK(m->raw_len <= (64u << 20), "raw_len");
+        if (m->type == KV_REPL_TREE) {
+            FZ_CHECK(m->level <= KV_REPL_LEVEL_MAX, "level");
+            FZ_CHECK(m->n_u64s || m->level <= KV_REPL_ALL_LEVEL_MAX, "all nodes of a level");
+            for (size_t k = 0; k < m->n_u64s; k++)
+                FZ_CHECK(kv_repl_u64_at(m->u64s, k) < (1ull << m->level), "node index");
+        }
         for (uint32_t k = 0; k < m->n_items; k++) {
             const kv_repl_item *it = &m->items[k];
             FZ_CHECK(it->klen >= 1 && it->klen <= KV_REPL_KEY_MAX &&
@@ -72,7 +84,10 @@ static bool same_msg(const kv_repl_msg *a, const kv_repl_msg *b)
         a->limit != b->limit || a->has_cursor != b->has_cursor ||
         a->cursor_hash != b->cursor_hash ||
         !same_bytes(a->cursor_key, a->cursor_klen, b->cursor_key, b->cursor_klen) ||
-        a->truncated != b->truncated || a->n_items != b->n_items)
+        a->truncated != b->truncated || a->n_items != b->n_items || a->level != b->level ||
+        a->seq != b->seq || a->last != b->last || a->raw_len != b->raw_len ||
+        !same_bytes(a->ranges, a->n_ranges * 16, b->ranges, b->n_ranges * 16) ||
+        !same_bytes(a->u64s, a->n_u64s * 8, b->u64s, b->n_u64s * 8))
         return false;
     for (uint32_t k = 0; k < a->n_items; k++) {
         const kv_repl_item *x = &a->items[k], *y = &b->items[k];
@@ -91,7 +106,10 @@ static void dump_seed(const char *path)
         {.key = key, .klen = 7, .hash = 99, .ver = {5, 1}, .flags = 0},
         {.key = key, .klen = 4, .hash = 100, .ver = {6, 2}, .flags = KV_REPL_F_TOMBSTONE},
     };
-    kv_repl_msg m[6];
+    uint8_t packed[4 * 8];
+    for (size_t i = 0; i < 4; i++)
+        kv_repl_u64_put(packed, i, i * 5 + 1); /* ranges [1, 6), [11, 16); nodes 1, 6, 11, 16 */
+    kv_repl_msg m[10];
     memset(m, 0, sizeof m);
     m[0] = (kv_repl_msg){.type = KV_REPL_WRITE,
                          .req_id = 1,
@@ -122,12 +140,34 @@ static void dump_seed(const char *path)
                          .truncated = true,
                          .n_items = 2,
                          .items = items};
+    m[6] = (kv_repl_msg){.type = KV_REPL_TREE,
+                         .req_id = KV_REPL_REQ_SYNC | 4,
+                         .level = 5,
+                         .ranges = packed,
+                         .n_ranges = 2,
+                         .u64s = packed,
+                         .n_u64s = 4};
+    m[7] = (kv_repl_msg){
+        .type = KV_REPL_TREE_ACK, .req_id = KV_REPL_REQ_SYNC | 4, .u64s = packed, .n_u64s = 3};
+    m[8] = (kv_repl_msg){.type = KV_REPL_PULL,
+                         .req_id = KV_REPL_REQ_SYNC | 5,
+                         .ranges = packed,
+                         .n_ranges = 1,
+                         .u64s = packed,
+                         .n_u64s = 2};
+    m[9] = (kv_repl_msg){.type = KV_REPL_PULL_DATA,
+                         .req_id = KV_REPL_REQ_SYNC | 5,
+                         .seq = 1,
+                         .last = true,
+                         .raw_len = 40,
+                         .value = val,
+                         .vlen = sizeof val - 1};
     kv_buf out = KV_BUF_INIT;
     kv_repl_batch_w w;
     swim_member_id id;
     memset(id.b, 0x5a, SWIM_ID_LEN);
     kv_repl_batch_begin(&w, &out, &id, "127.0.0.1:7001");
-    for (size_t i = 0; i < 6; i++)
+    for (size_t i = 0; i < sizeof m / sizeof m[0]; i++)
         FZ_CHECK(kv_repl_batch_add(&w, &m[i]) == KV_OK, "seed add");
     FZ_CHECK(kv_repl_batch_end(&w) == KV_OK, "seed end");
     FILE *f = fopen(path, "wb");
