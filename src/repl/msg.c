@@ -28,9 +28,9 @@
 
 /* Fields of each message type, type and req_id included (indexed by kv_repl_type). */
 static const uint8_t repl_fields[] = {
-    [KV_REPL_WRITE] = 9, [KV_REPL_WRITE_ACK] = 5, [KV_REPL_READ] = 3, [KV_REPL_READ_ACK] = 8,
-    [KV_REPL_LIST] = 7,  [KV_REPL_LIST_ACK] = 5,  [KV_REPL_TREE] = 5, [KV_REPL_TREE_ACK] = 4,
-    [KV_REPL_PULL] = 5,  [KV_REPL_PULL_DATA] = 7,
+    [KV_REPL_WRITE] = 9, [KV_REPL_WRITE_ACK] = 5, [KV_REPL_READ] = 3,  [KV_REPL_READ_ACK] = 8,
+    [KV_REPL_LIST] = 7,  [KV_REPL_LIST_ACK] = 5,  [KV_REPL_TREE] = 5,  [KV_REPL_TREE_ACK] = 4,
+    [KV_REPL_PULL] = 5,  [KV_REPL_PULL_DATA] = 7, [KV_REPL_PURGE] = 5,
 };
 #define REPL_BATCH_FIELDS 4
 #define REPL_ITEM_FIELDS  5
@@ -56,7 +56,7 @@ static const uint8_t repl_fields[] = {
 
 static bool repl_type_ok(uint64_t t)
 {
-    return t >= KV_REPL_WRITE && t <= KV_REPL_PULL_DATA;
+    return t >= KV_REPL_WRITE && t <= KV_REPL_PURGE;
 }
 
 /* ---------- sizes ---------- */
@@ -99,6 +99,9 @@ size_t kv_repl_msg_wire_bound(const kv_repl_msg *m)
         break;
     case KV_REPL_READ:
         n += repl_str_len(m->klen);
+        break;
+    case KV_REPL_PURGE:
+        n += repl_str_len(m->klen) + repl_head_len(m->ver.ts) + repl_head_len(m->ver.node);
         break;
     case KV_REPL_READ_ACK:
         n += repl_head_len((uint64_t)m->status) + repl_head_len(m->ver.ts) +
@@ -215,6 +218,7 @@ static bool repl_msg_valid(const kv_repl_msg *m)
             return false;
         return true;
     case KV_REPL_READ:
+    case KV_REPL_PURGE:
         return repl_key_ok(m->key, m->klen, 1);
     case KV_REPL_LIST:
         return repl_key_ok(m->key, m->klen, 0) && m->limit <= KV_REPL_LIST_MAX &&
@@ -280,6 +284,11 @@ int kv_repl_batch_add(kv_repl_batch_w *b, const kv_repl_msg *m)
         break;
     case KV_REPL_READ:
         kv_cbor_put_bytes(&w, m->key, m->klen);
+        break;
+    case KV_REPL_PURGE:
+        kv_cbor_put_bytes(&w, m->key, m->klen);
+        kv_cbor_put_uint(&w, m->ver.ts);
+        kv_cbor_put_uint(&w, m->ver.node);
         break;
     case KV_REPL_READ_ACK:
         kv_cbor_put_uint(&w, (uint64_t)m->status);
@@ -590,6 +599,11 @@ static int repl_get_msg(repl_dec *d, kv_repl_msg *m)
         break;
     case KV_REPL_READ:
         if (repl_get_bytes(d, 1, KV_REPL_KEY_MAX, &m->key, &m->klen))
+            return KV_ECORRUPT;
+        break;
+    case KV_REPL_PURGE:
+        if (repl_get_bytes(d, 1, KV_REPL_KEY_MAX, &m->key, &m->klen) ||
+            repl_get_version(d, &m->ver))
             return KV_ECORRUPT;
         break;
     case KV_REPL_READ_ACK:

@@ -22,18 +22,23 @@
  *   TREE_ACK   [8, req_id, status, sums]
  *   PULL       [9, req_id, seq, ranges, have]
  *   PULL_DATA  [10, req_id, status, seq, last, raw_len, payload]
+ *   PURGE      [11, req_id, key, ts, node]
  *
  * Anti-entropy and streaming (DESIGN §11; src/node/sync.c):
  *   TREE asks a replica for its anti-entropy tree (src/ae/merkle.h) restricted to hash
  *   ranges: for each node index of `nodes` at `level` (all 2^level nodes when `nodes` is
  *   empty), the sum of the leaves inside both that node and `ranges`. TREE_ACK answers
- *   the sums in the same order.
+ *   the sums in the same order; status KV_REPL_ERROR (no sums) when the replica keeps no
+ *   tree or cannot answer.
  *   PULL asks a replica for its records in `ranges`, one chunk (src/repl/chunk.h) per
  *   PULL: seq 0 opens a pull (ranges; have = item digests the asker already holds, which
  *   the replica skips), seq k > 0 acknowledges chunk k-1 as applied and asks for chunk k
  *   (ranges/have empty). PULL_DATA answers chunk seq; last is true on the final one.
  *   status KV_REPL_ERROR on a PULL_DATA means the pull is unknown (the replica restarted
  *   or timed it out): start it again.
+ *   PURGE tells a replica of key that the sender purged its tombstone at version (ts,
+ *   node) after seeing every replica hold it (src/node/sync.c): the receiver may forget
+ *   its own tombstone if it is not newer (store_purge). No answer.
  * ranges, nodes, sums and have are byte strings of packed big-endian u64 values (ranges:
  * lo, hi pairs, [lo, hi) as in store_range), read with kv_repl_u64_at.
  *
@@ -55,15 +60,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define KV_REPL_PROTO     0x6b76 /* "kv": never a SWIM protocol version */
-#define KV_REPL_KEY_MAX   1024
-#define KV_REPL_BATCH_MAX 4096    /* messages in one batch, at most */
-#define KV_REPL_LIST_MAX  10000   /* items in one LIST_ACK, and LIST.limit, at most */
-#define KV_REPL_VALUE_MAX (64u << 20)
-#define KV_REPL_RANGES_MAX (1u << 18) /* (lo, hi) pairs in one TREE or PULL */
-#define KV_REPL_U64S_MAX   (1u << 21) /* nodes, sums or have digests in one message */
-#define KV_REPL_LEVEL_MAX  20         /* TREE.level (KV_MERKLE_MAX_DEPTH) */
-#define KV_REPL_ALL_LEVEL_MAX 12      /* TREE with empty nodes: level at most this */
+#define KV_REPL_PROTO         0x6b76 /* "kv": never a SWIM protocol version */
+#define KV_REPL_KEY_MAX       1024
+#define KV_REPL_BATCH_MAX     4096  /* messages in one batch, at most */
+#define KV_REPL_LIST_MAX      10000 /* items in one LIST_ACK, and LIST.limit, at most */
+#define KV_REPL_VALUE_MAX     (64u << 20)
+#define KV_REPL_RANGES_MAX    (1u << 18) /* (lo, hi) pairs in one TREE or PULL */
+#define KV_REPL_U64S_MAX      (1u << 21) /* nodes, sums or have digests in one message */
+#define KV_REPL_LEVEL_MAX     20         /* TREE.level (KV_MERKLE_MAX_DEPTH) */
+#define KV_REPL_ALL_LEVEL_MAX 12         /* TREE with empty nodes: level at most this */
 
 /* Request ids: the adapter routes an ACK to whoever sent the request by the top bits of
  * req_id: 0 — the coordinator; KV_REPL_REQ_HINT — hint delivery; KV_REPL_REQ_LIST — key
@@ -84,6 +89,7 @@ typedef enum kv_repl_type {
     KV_REPL_TREE_ACK = 8,
     KV_REPL_PULL = 9,
     KV_REPL_PULL_DATA = 10,
+    KV_REPL_PURGE = 11,
 } kv_repl_type;
 
 /* Answer status. */
@@ -115,9 +121,9 @@ typedef struct kv_repl_msg {
     kv_repl_type type;
     uint64_t req_id;
     kv_repl_status status; /* *_ACK */
-    const uint8_t *key;    /* WRITE, READ; LIST: prefix (may be empty) */
+    const uint8_t *key;    /* WRITE, READ, PURGE; LIST: prefix (may be empty) */
     size_t klen;
-    kv_version ver;     /* WRITE, WRITE_ACK, READ_ACK */
+    kv_version ver;     /* WRITE, WRITE_ACK, READ_ACK, PURGE */
     uint32_t flags;     /* WRITE, READ_ACK */
     uint64_t expiry_ms; /* WRITE, READ_ACK: 0 = never */
     const uint8_t *value;
@@ -205,8 +211,7 @@ typedef struct kv_repl_batch {
  * outlive their use. KV_OK; KV_ECORRUPT with *reason a KV_REPL_* label (out holds nothing
  * to free); KV_ENOMEM.
  */
-int kv_repl_batch_decode(const uint8_t *data, size_t len, kv_repl_batch *out,
-                         const char **reason);
+int kv_repl_batch_decode(const uint8_t *data, size_t len, kv_repl_batch *out, const char **reason);
 void kv_repl_batch_free(kv_repl_batch *b);
 
 /* Encoded size of m at most (for deciding when to start a new batch). */

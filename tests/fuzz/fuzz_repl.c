@@ -35,11 +35,13 @@ static void check_bounds(const kv_repl_batch *b, const uint8_t *data, size_t len
     FZ_CHECK(strlen(b->from_addr) <= SWIM_ADDR_MAX, "from_addr bound");
     for (uint32_t i = 0; i < b->n_msgs; i++) {
         const kv_repl_msg *m = &b->msgs[i];
-        FZ_CHECK(m->type >= KV_REPL_WRITE && m->type <= KV_REPL_PULL_DATA, "type");
+        FZ_CHECK(m->type >= KV_REPL_WRITE && m->type <= KV_REPL_PURGE, "type");
         FZ_CHECK((unsigned)m->status <= KV_REPL_NOSPACE, "status");
         FZ_CHECK(m->klen <= KV_REPL_KEY_MAX && inside(m->key, m->klen, data, len), "key");
-        FZ_CHECK((m->type != KV_REPL_WRITE && m->type != KV_REPL_READ) || m->klen >= 1,
-                 "non-empty key");
+        FZ_CHECK(
+            (m->type != KV_REPL_WRITE && m->type != KV_REPL_READ && m->type != KV_REPL_PURGE) ||
+                m->klen >= 1,
+            "non-empty key");
         FZ_CHECK(m->vlen <= KV_REPL_VALUE_MAX && inside(m->value, m->vlen, data, len), "value");
         FZ_CHECK(!(m->flags & KV_REPL_F_TOMBSTONE) || m->vlen == 0, "tombstone without value");
         FZ_CHECK(m->limit <= KV_REPL_LIST_MAX, "limit");
@@ -109,7 +111,7 @@ static void dump_seed(const char *path)
     uint8_t packed[4 * 8];
     for (size_t i = 0; i < 4; i++)
         kv_repl_u64_put(packed, i, i * 5 + 1); /* ranges [1, 6), [11, 16); nodes 1, 6, 11, 16 */
-    kv_repl_msg m[10];
+    kv_repl_msg m[11];
     memset(m, 0, sizeof m);
     m[0] = (kv_repl_msg){.type = KV_REPL_WRITE,
                          .req_id = 1,
@@ -162,6 +164,8 @@ static void dump_seed(const char *path)
                          .raw_len = 40,
                          .value = val,
                          .vlen = sizeof val - 1};
+    m[10] = (kv_repl_msg){
+        .type = KV_REPL_PURGE, .key = key, .klen = 7, .ver = {.ts = 1ull << 40, .node = 3}};
     kv_buf out = KV_BUF_INIT;
     kv_repl_batch_w w;
     swim_member_id id;
