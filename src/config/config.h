@@ -77,6 +77,10 @@ typedef struct kv_config {
     uint64_t replication_hints_max_bytes; /* hint bytes held at most */
     /* ring.* */
     int ring_tokens; /* virtual nodes per member */
+    /* antientropy.*, streaming.* */
+    uint64_t antientropy_interval_ms; /* between two tree comparisons; 0 = off */
+    uint64_t antientropy_gc_grace_ms; /* tombstones younger than this are never purged */
+    uint64_t streaming_rate;          /* bytes/s sent for pulls; 0 = unlimited */
     /* limits.* */
     uint32_t limits_max_key;            /* bytes, 1..1024 */
     uint64_t limits_max_value;          /* bytes */

@@ -25,6 +25,7 @@
  *   measuring the effect).
  */
 #include "node/replication.h"
+#include "node/sync.h"
 
 #include "common/buf.h"
 #include "common/hash.h"
@@ -110,6 +111,7 @@ struct kv_repl {
     kv_ring *ring;
     kv_coord *coord;
     kv_hints *hints;
+    kv_sync *sync; /* anti-entropy and range pulls */
     uv_timer_t coord_timer;
     uv_prepare_t prep;
     uv_idle_t scan_idle;
@@ -594,6 +596,14 @@ static void on_repl_recv(void *arg, const uint8_t *data, size_t len)
         case KV_REPL_LIST_ACK:
             list_on_answer(r, m->req_id, &r->rx.from_id, m->items, m->n_items, m->truncated,
                            m->status == KV_REPL_OK);
+            break;
+        case KV_REPL_TREE:
+        case KV_REPL_TREE_ACK:
+        case KV_REPL_PULL:
+        case KV_REPL_PULL_DATA:
+        case KV_REPL_PURGE:
+            if (r->sync)
+                kv_sync_on_msg(r->sync, &r->rx.from_id, from, m);
             break;
         }
     }
@@ -1227,6 +1237,8 @@ static int hints_send(void *arg, const swim_member_id *to, const kv_repl_msg *ms
 void kv_repl_publish_metrics(kv_repl *r)
 {
     kv_metrics *mx = r->metrics;
+    if (r->sync)
+        kv_sync_publish_metrics(r->sync);
     if (r->coord) {
         kv_coord_stats cs;
         kv_coord_get_stats(r->coord, &cs);
@@ -1294,6 +1306,35 @@ void kv_repl_publish_metrics(kv_repl *r)
 }
 
 /* ---------- start and close ---------- */
+
+/* What the anti-entropy module (sync.c) uses of ours. */
+static int sync_send(void *arg, const char *addr, const kv_repl_msg *m)
+{
+    return send_to_addr(arg, addr, m);
+}
+
+static const kv_ring *sync_ring(void *arg)
+{
+    return ((kv_repl *)arg)->ring;
+}
+
+static const char *sync_addr_of(void *arg, const swim_member_id *id)
+{
+    return member_addr(arg, id);
+}
+
+static bool sync_alive(void *arg, const swim_member_id *id)
+{
+    return member_alive(arg, id);
+}
+
+static void on_sync_closed(void *arg)
+{
+    kv_repl *r = arg;
+    r->sync = NULL;
+    r->pending--;
+    repl_maybe_closed(r);
+}
 
 int kv_repl_start(kv_repl **out, uv_loop_t *loop, const kv_config *cfg, kv_store *store,
                   kv_membership *memb, uint32_t node_id, kv_metrics *metrics)
@@ -1367,6 +1408,13 @@ int kv_repl_start(kv_repl **out, uv_loop_t *loop, const kv_config *cfg, kv_store
     r->next_list_id = seed >> 20;
     rebuild_ring(r);
     update_liveness(r);
+    kv_sync_env se = {.send = sync_send,
+                      .ring = sync_ring,
+                      .addr_of = sync_addr_of,
+                      .alive = sync_alive,
+                      .arg = r};
+    if (kv_sync_start(&r->sync, loop, cfg, store, metrics, &r->self, &se) != KV_OK)
+        kv_log_warn("anti-entropy not started: out of memory");
     kv_membership_hooks hk = {.on_repl = on_repl_recv, .on_change = on_members_changed, .arg = r};
     kv_membership_set_hooks(memb, &hk);
     kv_log_info("replication started", KV_UINT("n", cfg->replication_n),
@@ -1432,6 +1480,10 @@ void kv_repl_close(kv_repl *r, void (*done)(void *arg), void *arg)
     kv_coord_free(c);
     while (r->lists)
         list_finish(r, r->lists, true);
+    if (r->sync) {
+        r->pending++;
+        kv_sync_close(r->sync, on_sync_closed, r);
+    }
     r->pending += 4;
     uv_close((uv_handle_t *)&r->coord_timer, on_handle_closed);
     uv_close((uv_handle_t *)&r->prep, on_handle_closed);

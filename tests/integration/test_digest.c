@@ -35,59 +35,17 @@ static void teardown(void)
 
 TestSuite(digest, .init = setup, .fini = teardown, .timeout = 120);
 
-typedef struct digest {
-    char root[17];
-    double keys, tombstones, depth;
-} digest;
+typedef th_digest digest;
 
-/* Node i's digest; false when it could not be read. */
 static bool get_digest(int i, digest *d)
 {
-    th_resp r;
-    memset(d, 0, sizeof *d);
-    if (th_http(g_c.node[i].port, "GET", "/v1/cluster/digest", NULL, 0, &r) != 0)
-        return false;
-    bool ok = r.status == 200 && th_json_str(r.body, "root", d->root, sizeof d->root) &&
-              th_json_num(r.body, "keys", &d->keys) &&
-              th_json_num(r.body, "tombstones", &d->tombstones) &&
-              th_json_num(r.body, "depth", &d->depth) && strlen(d->root) == 16;
-    th_resp_free(&r);
-    return ok;
+    return th_cluster_digest(&g_c, i, d);
 }
 
-/* Poll until every running node shows the same root (15 s); that root in out. */
+/* Every running node shows the same root within 15 s; that digest in out. */
 static bool roots_agree(digest *out, char *why, size_t cap)
 {
-    int64_t deadline = th_now_ms() + 15000;
-    for (int k = 0; k < 1500; k++) {
-        digest d[TH_CLUSTER_MAX];
-        bool same = true;
-        int first = -1;
-        for (int i = 0; i < g_c.n && same; i++) {
-            if (!th_cluster_running(&g_c, i))
-                continue;
-            if (!get_digest(i, &d[i])) {
-                snprintf(why, cap, "n%d: no digest", i);
-                same = false;
-                break;
-            }
-            if (first < 0)
-                first = i;
-            else if (strcmp(d[i].root, d[first].root) != 0 || d[i].keys != d[first].keys) {
-                snprintf(why, cap, "n%d root %s keys %g, n%d root %s keys %g", first, d[first].root,
-                         d[first].keys, i, d[i].root, d[i].keys);
-                same = false;
-            }
-        }
-        if (same && first >= 0) {
-            *out = d[first];
-            return true;
-        }
-        if (th_now_ms() >= deadline)
-            return false;
-        usleep(10000);
-    }
-    return false;
+    return th_cluster_roots_agree(&g_c, 15000, out, why, cap);
 }
 
 static void put(int via, const char *key, const char *val)

@@ -658,3 +658,51 @@ int th_kv_list_all(int port, const char *prefix, int limit, int max_pages, th_kv
             return 0;
     }
 }
+
+bool th_cluster_digest(th_cluster *c, int i, th_digest *d)
+{
+    th_resp r;
+    memset(d, 0, sizeof *d);
+    if (th_http(c->node[i].port, "GET", "/v1/cluster/digest", NULL, 0, &r) != 0)
+        return false;
+    bool ok = r.status == 200 && th_json_str(r.body, "root", d->root, sizeof d->root) &&
+              th_json_num(r.body, "keys", &d->keys) &&
+              th_json_num(r.body, "tombstones", &d->tombstones) &&
+              th_json_num(r.body, "depth", &d->depth) && strlen(d->root) == 16;
+    th_resp_free(&r);
+    return ok;
+}
+
+bool th_cluster_roots_agree(th_cluster *c, int timeout_ms, th_digest *out, char *why, size_t cap)
+{
+    int64_t deadline = th_now_ms() + timeout_ms;
+    for (;;) {
+        th_digest d[TH_CLUSTER_MAX];
+        bool same = true;
+        int first = -1;
+        for (int i = 0; i < c->n && same; i++) {
+            if (!th_cluster_running(c, i))
+                continue;
+            if (!th_cluster_digest(c, i, &d[i])) {
+                snprintf(why, cap, "n%d: no digest", i);
+                same = false;
+            } else if (first < 0) {
+                first = i;
+            } else if (strcmp(d[i].root, d[first].root) != 0 || d[i].keys != d[first].keys) {
+                snprintf(why, cap,
+                         "n%d root %s keys %g tombstones %g, n%d root %s keys %g "
+                         "tombstones %g",
+                         first, d[first].root, d[first].keys, d[first].tombstones, i, d[i].root,
+                         d[i].keys, d[i].tombstones);
+                same = false;
+            }
+        }
+        if (same && first >= 0) {
+            *out = d[first];
+            return true;
+        }
+        if (th_now_ms() >= deadline)
+            return false;
+        usleep(10000);
+    }
+}

@@ -93,6 +93,19 @@ double th_cluster_metric_sum(th_cluster *c, int skip, const char *name, const ch
  * Assert inside cluster tests: on failure print the nodes' views and log tails, then fail
  * like cr_assert_fail. Needs <criterion/criterion.h> in the test file.
  */
+/* A node's GET /v1/cluster/digest (its anti-entropy tree root and store counts). */
+typedef struct th_digest {
+    char root[17];
+    double keys, tombstones, depth;
+} th_digest;
+
+/* Node i's digest; false when it could not be read. */
+bool th_cluster_digest(th_cluster *c, int i, th_digest *d);
+
+/* Poll (every 10 ms, up to timeout_ms) until every running node shows the same root and
+ * key count; that digest in *out. false with the last difference in why. */
+bool th_cluster_roots_agree(th_cluster *c, int timeout_ms, th_digest *out, char *why, size_t cap);
+
 #define TH_CLUSTER_CHECK(c, cond, ...)                                                             \
     do {                                                                                           \
         if (!(cond)) {                                                                             \
