@@ -1192,3 +1192,397 @@ Test(coord_sim, lossy_network_every_request_answers_once)
     }
     cr_assert_gt(timeouts, 0, "the lossy run must hit the failure paths");
 }
+
+/* ---- joint quorums: a node joins, old list {A,B,C}, new list {D,A,B} ---- */
+
+/* Primaries 0..3 are A, B, C, D; A and B are in both lists (bits 0 and 1), C only in the
+ * old one (bit 0), D only in the new one (bit 1). */
+enum { JA = 0, JB = 1, JC = 2, JD = 3, JE = 4, JF = 5 };
+
+/* A PUT over the union of both lists with W = 2 in each (and need 2, what 503s report);
+ * n_fallbacks more targets (in no list) follow the primaries; bit i of dead marks target i
+ * not alive. */
+static kv_coord_req joint_req(uint32_t dead, int n_fallbacks)
+{
+    static const uint8_t groups[4] = {3, 3, 1, 2};
+    kv_coord_req q = req(KV_COORD_PUT, "jk", "jv", 2);
+    int nt = 4 + n_fallbacks;
+    targets(nt, dead);
+    for (int i = 0; i < nt; i++)
+        tg[i].groups = i < 4 ? groups[i] : 0;
+    q.n = 4;
+    q.n_targets = (uint32_t)nt;
+    q.targets = tg;
+    q.n_groups = 2;
+    q.group_need[0] = 2;
+    q.group_need[1] = 2;
+    return q;
+}
+
+/* Submit q; every effect is a SEND of the WRITE (and the HINTs for dead primaries), all
+ * with one request id and version, returned. */
+static uint64_t joint_submit(kv_coord *c, const kv_coord_req *q, fxs *f, kv_version *v)
+{
+    cr_assert_eq(kv_coord_submit(c, NOW0, WALL0, q), KV_OK);
+    drain(c, f);
+    const fx *s = find(f, KV_COORD_SEND, -1);
+    cr_assert(s, "the write went out");
+    for (int i = 0; i < f->n; i++) {
+        cr_assert(f->e[i].kind == KV_COORD_SEND || f->e[i].kind == KV_COORD_HINT);
+        cr_assert_eq(f->e[i].type, KV_REPL_WRITE);
+        cr_assert_str_eq(f->e[i].val, "jv");
+        cr_assert_eq(kv_version_cmp(&f->e[i].ver, &s->ver), 0);
+        cr_assert_eq(f->e[i].req_id, f->e[i].kind == KV_COORD_SEND ? s->req_id : 0);
+    }
+    *v = s->ver;
+    return s->req_id;
+}
+
+static void assert_joint_ok(const fxs *f, const kv_version *v, uint32_t answered)
+{
+    cr_assert_eq(f->n, 1, "exactly the reply");
+    cr_assert_eq(f->e[0].kind, KV_COORD_REPLY);
+    cr_assert_eq(f->e[0].status, KV_OK);
+    cr_assert_eq(f->e[0].client, &client_tag);
+    cr_assert_eq(kv_version_cmp(&f->e[0].ver, v), 0);
+    cr_assert_eq(f->e[0].answered, answered);
+    cr_assert_eq(f->e[0].needed, 2);
+}
+
+Test(coord, joint_write_needs_w_in_each_list)
+{
+    kv_coord *c = kv_coord_new(NODE);
+    kv_coord_req q = joint_req(0, 0);
+    fxs f;
+    kv_version v;
+    uint64_t id = joint_submit(c, &q, &f, &v);
+    cr_assert_eq(f.n, 4, "every member of either list gets the write");
+
+    /* C (old list only) and D (new list only): two acks, as a plain W = 2 would need, but
+     * each list has only one */
+    wack(c, JC, id, KV_REPL_OK, v);
+    wack(c, JD, id, KV_REPL_OK, v);
+    drain(c, &f);
+    cr_assert_eq(f.n, 0, "one ack in each list is not W in each list");
+    /* A is in both lists: now 2 in each */
+    wack(c, JA, id, KV_REPL_OK, v);
+    drain(c, &f);
+    assert_joint_ok(&f, &v, 3);
+    wack(c, JB, id, KV_REPL_OK, v);
+    drain(c, &f);
+    cr_assert_eq(f.n, 0, "all acknowledged: no hints, no second reply");
+    cr_assert_eq(kv_coord_inflight(c), 0);
+
+    /* The other order: A and C make W in the old list, the new list has only A */
+    id = joint_submit(c, &q, &f, &v);
+    wack(c, JA, id, KV_REPL_OK, v);
+    wack(c, JC, id, KV_REPL_OK, v);
+    drain(c, &f);
+    cr_assert_eq(f.n, 0, "the new list {D,A,B} has one ack");
+    wack(c, JD, id, KV_REPL_STALE, v); /* STALE with our version: a retry, counts */
+    drain(c, &f);
+    assert_joint_ok(&f, &v, 3);
+    /* B never answers: it gets the hint at the deadline */
+    kv_coord_tick(c, NOW0 + TMO, WALL0 + TMO);
+    drain(c, &f);
+    cr_assert_eq(f.n, 1);
+    cr_assert_eq(f.e[0].kind, KV_COORD_HINT);
+    cr_assert_eq(f.e[0].to, JB);
+    cr_assert_eq(kv_coord_inflight(c), 0);
+    kv_coord_free(c);
+}
+
+Test(coord, joint_write_members_of_both_lists_are_enough)
+{
+    kv_coord *c = kv_coord_new(NODE);
+    kv_coord_req q = joint_req(0, 0);
+    fxs f;
+    kv_version v;
+    uint64_t id = joint_submit(c, &q, &f, &v);
+    cr_assert_eq(f.n, 4);
+    for (int i = JA; i <= JD; i++)
+        cr_assert(find(&f, KV_COORD_SEND, i), "target %d got no WRITE", i);
+    cr_assert_eq(count_kind(&f, KV_COORD_HINT), 0);
+
+    wack(c, JA, id, KV_REPL_OK, v);
+    drain(c, &f);
+    cr_assert_eq(f.n, 0);
+    wack(c, JB, id, KV_REPL_OK, v);
+    drain(c, &f);
+    assert_joint_ok(&f, &v, 2);
+    cr_assert_eq(kv_coord_inflight(c), 1, "open until C and D answer or time out");
+
+    kv_coord_tick(c, NOW0 + TMO, WALL0 + TMO);
+    drain(c, &f);
+    cr_assert_eq(f.n, 2, "two hints, no second reply");
+    cr_assert(find(&f, KV_COORD_HINT, JC) && find(&f, KV_COORD_HINT, JD));
+    cr_assert_eq(kv_coord_inflight(c), 0);
+    cr_assert_eq(stats(c).timeouts, 0);
+    kv_coord_free(c);
+}
+
+Test(coord, joint_write_fails_fast_when_a_list_is_lost)
+{
+    kv_coord *c = kv_coord_new(NODE);
+    kv_coord_req q = joint_req(0, 0);
+    fxs f;
+    kv_version v;
+    uint64_t id = joint_submit(c, &q, &f, &v);
+
+    /* D and C go away: each list still has A and B pending */
+    swim_member_id d = mk_id(JD), cc = mk_id(JC), b = mk_id(JB);
+    kv_coord_on_member_down(c, NOW0 + 20, &d);
+    kv_coord_on_member_down(c, NOW0 + 20, &cc);
+    drain(c, &f);
+    cr_assert_eq(f.n, 2, "only the hints of D and C");
+    cr_assert(find(&f, KV_COORD_HINT, JD) && find(&f, KV_COORD_HINT, JC));
+    /* B goes away too: the new list {D,A,B} has only A left, W = 2 is out of reach */
+    kv_coord_on_member_down(c, NOW0 + 30, &b);
+    drain(c, &f);
+    const fx *r = find(&f, KV_COORD_REPLY, -1);
+    cr_assert(r, "answered at once, not at the deadline");
+    cr_assert_eq(r->status, KV_EUNAVAIL);
+    cr_assert_str_eq(r->reason, "not_enough_replicas");
+    cr_assert_eq(r->answered, 0);
+    cr_assert(find(&f, KV_COORD_HINT, JB));
+    cr_assert_eq(stats(c).timeouts, 0);
+    wack(c, JA, id, KV_REPL_OK, v);
+    drain(c, &f);
+    cr_assert_eq(f.n, 0, "A closes the request; no second reply");
+    cr_assert_eq(kv_coord_inflight(c), 0);
+
+    /* D and B fail: A and C are still pending, which a plain W = 2 over the union could
+     * still reach, but the new list cannot */
+    id = joint_submit(c, &q, &f, &v);
+    wack(c, JD, id, KV_REPL_FULL, (kv_version){0, 0});
+    drain(c, &f);
+    cr_assert_eq(f.n, 0);
+    wack(c, JB, id, KV_REPL_FULL, (kv_version){0, 0});
+    drain(c, &f);
+    cr_assert_eq(f.n, 1);
+    cr_assert_eq(f.e[0].kind, KV_COORD_REPLY);
+    cr_assert_eq(f.e[0].status, KV_EUNAVAIL);
+    cr_assert_str_eq(f.e[0].reason, "not_enough_replicas");
+    cr_assert_eq(kv_coord_inflight(c), 1, "A and C still pending");
+    kv_coord_free(c);
+}
+
+Test(coord, joint_write_errors_in_one_list_fail_with_eio)
+{
+    kv_coord *c = kv_coord_new(NODE);
+    kv_coord_req q = joint_req(0, 0);
+    fxs f;
+    kv_version v;
+    uint64_t id = joint_submit(c, &q, &f, &v);
+    wack(c, JD, id, KV_REPL_ERROR, (kv_version){0, 0});
+    wack(c, JC, id, KV_REPL_ERROR, (kv_version){0, 0});
+    drain(c, &f);
+    cr_assert_eq(f.n, 0, "both lists can still reach W through A and B");
+    wack(c, JB, id, KV_REPL_ERROR, (kv_version){0, 0});
+    drain(c, &f);
+    cr_assert_eq(f.n, 1);
+    cr_assert_eq(f.e[0].kind, KV_COORD_REPLY);
+    cr_assert_eq(f.e[0].status, KV_EIO, "replicas failed: EIO, as for one list");
+    cr_assert_eq(stats(c).timeouts, 0);
+    wack(c, JA, id, KV_REPL_OK, v);
+    drain(c, &f);
+    cr_assert_eq(count_kind(&f, KV_COORD_REPLY), 0);
+    cr_assert_eq(count_kind(&f, KV_COORD_HINT), 3, "the failed replicas get hints");
+    cr_assert_null(find(&f, KV_COORD_HINT, JA));
+    cr_assert_eq(kv_coord_inflight(c), 0);
+    kv_coord_free(c);
+}
+
+Test(coord, joint_write_refused_at_once_when_one_list_is_short)
+{
+    kv_coord *c = kv_coord_new(NODE);
+    /* D and B dead: the new list {D,A,B} has only A alive; A and C would be 2 of the union */
+    kv_coord_req q = joint_req((1u << JD) | (1u << JB), 0);
+    cr_assert_eq(kv_coord_submit(c, NOW0, WALL0, &q), KV_OK);
+    fxs f;
+    drain(c, &f);
+    cr_assert_eq(f.n, 1, "no sends, no hints: the write is refused");
+    cr_assert_eq(f.e[0].kind, KV_COORD_REPLY);
+    cr_assert_eq(f.e[0].status, KV_EUNAVAIL);
+    cr_assert_str_eq(f.e[0].reason, "not_enough_replicas");
+    cr_assert_eq(f.e[0].answered, 0);
+    cr_assert_eq(f.e[0].needed, 2);
+    cr_assert_eq(kv_coord_inflight(c), 0);
+    cr_assert_eq(stats(c).unavailable, 1);
+
+    /* The same targets as one list: enough (A and C), so it goes out */
+    q.n_groups = 0;
+    kv_version v;
+    joint_submit(c, &q, &f, &v);
+    cr_assert_eq(count_kind(&f, KV_COORD_SEND), 2);
+    cr_assert(find(&f, KV_COORD_SEND, JA) && find(&f, KV_COORD_SEND, JC));
+    cr_assert_eq(count_kind(&f, KV_COORD_REPLY), 0);
+
+    /* C dead instead: the old list {A,B,C} still has A and B */
+    q = joint_req(1u << JC, 0);
+    joint_submit(c, &q, &f, &v);
+    cr_assert_eq(count_kind(&f, KV_COORD_SEND), 3);
+    cr_assert(find(&f, KV_COORD_HINT, JC));
+    cr_assert_eq(count_kind(&f, KV_COORD_REPLY), 0);
+    kv_coord_free(c);
+}
+
+Test(coord, joint_sloppy_fallback_counts_for_its_primarys_lists)
+{
+    kv_coord *c = kv_coord_new(NODE);
+    /* B and D dead; fallbacks E and F stand in for them, in ring order */
+    kv_coord_req q = joint_req((1u << JD) | (1u << JB), 2);
+    q.sloppy = true;
+    fxs f;
+    kv_version v;
+    uint64_t id = joint_submit(c, &q, &f, &v);
+    cr_assert_eq(f.n, 4);
+    cr_assert_eq(count_kind(&f, KV_COORD_HINT), 0);
+    const fx *e = find(&f, KV_COORD_SEND, JE), *ff = find(&f, KV_COORD_SEND, JF);
+    cr_assert(e && ff);
+    cr_assert(e->has_hint_for && ff->has_hint_for);
+    cr_assert_eq(e->hint_for, JB);
+    cr_assert_eq(ff->hint_for, JD);
+
+    /* F (for D: new list) and C (old list): one in each */
+    wack(c, JF, id, KV_REPL_OK, v);
+    wack(c, JC, id, KV_REPL_OK, v);
+    drain(c, &f);
+    cr_assert_eq(f.n, 0);
+    /* E stands in for B, which is in both lists */
+    wack(c, JE, id, KV_REPL_OK, v);
+    drain(c, &f);
+    assert_joint_ok(&f, &v, 3);
+    wack(c, JA, id, KV_REPL_OK, v);
+    drain(c, &f);
+    cr_assert_eq(f.n, 0, "the fallbacks hold the hints: no HINT effect");
+    cr_assert_eq(kv_coord_inflight(c), 0);
+
+    /* Without sloppy the same write is refused */
+    q.sloppy = false;
+    cr_assert_eq(kv_coord_submit(c, NOW0, WALL0, &q), KV_OK);
+    drain(c, &f);
+    cr_assert_eq(f.n, 1);
+    cr_assert_eq(f.e[0].status, KV_EUNAVAIL);
+    kv_coord_free(c);
+}
+
+Test(coord, joint_dead_primary_of_the_new_list_gets_a_hint)
+{
+    kv_coord *c = kv_coord_new(NODE);
+    kv_coord_req q = joint_req(1u << JD, 0);
+    fxs f;
+    kv_version v;
+    uint64_t id = joint_submit(c, &q, &f, &v);
+    cr_assert_eq(f.n, 4);
+    cr_assert_eq(count_kind(&f, KV_COORD_SEND), 3);
+    cr_assert_null(find(&f, KV_COORD_SEND, JD));
+    const fx *h = find(&f, KV_COORD_HINT, JD);
+    cr_assert(h, "D, down at submit, gets a hint like any primary");
+    cr_assert_eq(h->req_id, 0);
+    cr_assert_str_eq(h->key, "jk");
+    cr_assert_eq(stats(c).hints, 1);
+
+    wack(c, JA, id, KV_REPL_OK, v);
+    wack(c, JB, id, KV_REPL_OK, v);
+    drain(c, &f);
+    assert_joint_ok(&f, &v, 2);
+    wack(c, JC, id, KV_REPL_OK, v);
+    drain(c, &f);
+    cr_assert_eq(f.n, 0, "no second hint for D");
+    cr_assert_eq(stats(c).hints, 1);
+    cr_assert_eq(kv_coord_inflight(c), 0);
+
+    /* D down and then B goes away: the new list is left with A, the write fails at once */
+    id = joint_submit(c, &q, &f, &v);
+    swim_member_id b = mk_id(JB);
+    kv_coord_on_member_down(c, NOW0 + 20, &b);
+    drain(c, &f);
+    const fx *r = find(&f, KV_COORD_REPLY, -1);
+    cr_assert(r);
+    cr_assert_eq(r->status, KV_EUNAVAIL);
+    cr_assert(find(&f, KV_COORD_HINT, JB));
+    kv_coord_free(c);
+}
+
+Test(coord, joint_groups_off_reads_and_bad_groups)
+{
+    kv_coord *c = kv_coord_new(NODE);
+    fxs f;
+    kv_version v;
+
+    /* n_groups 0: one list over the primaries, the groups bits mean nothing; C and D are
+     * W = 2 */
+    kv_coord_req q = joint_req(0, 0);
+    q.n_groups = 0;
+    uint64_t id = joint_submit(c, &q, &f, &v);
+    cr_assert_eq(f.n, 4);
+    wack(c, JC, id, KV_REPL_OK, v);
+    wack(c, JD, id, KV_REPL_OK, v);
+    drain(c, &f);
+    assert_joint_ok(&f, &v, 2);
+
+    /* Reads ignore the lists: with B and D dead a read goes to A and C, and R = 2 of them
+     * answer it */
+    q = joint_req((1u << JD) | (1u << JB), 0);
+    q.op = KV_COORD_GET;
+    q.value = NULL;
+    q.vlen = 0;
+    cr_assert_eq(kv_coord_submit(c, NOW0, WALL0, &q), KV_OK);
+    drain(c, &f);
+    cr_assert_eq(f.n, 2);
+    const fx *s = find(&f, KV_COORD_SEND, JA);
+    cr_assert(s && find(&f, KV_COORD_SEND, JC));
+    cr_assert_eq(s->type, KV_REPL_READ);
+    id = s->req_id;
+    rack(c, JA, id, KV_REPL_OK, V(100, 1), 0, "x");
+    rack(c, JC, id, KV_REPL_OK, V(100, 1), 0, "x");
+    drain(c, &f);
+    cr_assert_eq(f.n, 1);
+    cr_assert_eq(f.e[0].status, KV_OK);
+    cr_assert_str_eq(f.e[0].val, "x");
+
+    /* Bad lists: refused, nothing happens */
+    kv_coord_stats before = stats(c);
+    q = joint_req(0, 0);
+    q.group_need[1] = 0;
+    cr_assert_eq(kv_coord_submit(c, NOW0, WALL0, &q), KV_EINVAL, "a list needing nothing");
+    q = joint_req(0, 0);
+    q.group_need[0] = 5;
+    cr_assert_eq(kv_coord_submit(c, NOW0, WALL0, &q), KV_EINVAL, "need above n");
+    q = joint_req(0, 0);
+    q.n_groups = KV_COORD_MAX_GROUPS + 1;
+    for (int k = 0; k < KV_COORD_MAX_GROUPS; k++)
+        q.group_need[k] = 1;
+    cr_assert_eq(kv_coord_submit(c, NOW0, WALL0, &q), KV_EINVAL, "too many lists");
+    drain(c, &f);
+    cr_assert_eq(f.n, 0);
+    cr_assert_eq(stats(c).writes, before.writes);
+    cr_assert_eq(kv_coord_inflight(c), 1, "only the first write (A, B open)");
+
+    /* At the bounds: accepted. The old list has 3 members, so needing 4 there (<= n) is
+     * a list that can never be met: refused at once, not invalid */
+    q = joint_req(0, 0);
+    q.group_need[0] = 4;
+    cr_assert_eq(kv_coord_submit(c, NOW0, WALL0, &q), KV_OK);
+    drain(c, &f);
+    cr_assert_eq(f.n, 1);
+    cr_assert_eq(f.e[0].status, KV_EUNAVAIL);
+    cr_assert_str_eq(f.e[0].reason, "not_enough_replicas");
+    q = joint_req(0, 0);
+    q.n_groups = KV_COORD_MAX_GROUPS;
+    for (int i = JA; i <= JD; i++)
+        tg[i].groups |= 0xc; /* everyone in lists 2 and 3 too */
+    q.group_need[2] = q.group_need[3] = 4;
+    id = joint_submit(c, &q, &f, &v);
+    cr_assert_eq(f.n, 4);
+    wack(c, JA, id, KV_REPL_OK, v);
+    wack(c, JB, id, KV_REPL_OK, v);
+    wack(c, JC, id, KV_REPL_OK, v);
+    drain(c, &f);
+    cr_assert_eq(f.n, 0, "lists 2 and 3 need all four");
+    wack(c, JD, id, KV_REPL_OK, v);
+    drain(c, &f);
+    assert_joint_ok(&f, &v, 4);
+    kv_coord_free(c);
+}
