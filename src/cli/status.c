@@ -19,6 +19,7 @@ typedef struct st_row {
     double owned; /* replica share; < 0 unknown */
     bool have;    /* figures read from the member */
     double keys, tombstones, live_bytes, disk_bytes;
+    double stream_pct; /* joining: percent of its stream done; < 0 when not joining */
     char digest[17];
     char error[320]; /* room for the address and a reason */
 } st_row;
@@ -57,6 +58,10 @@ static void st_ask(st_row *r, const kv_client_opts *opts)
                   kvc_jscan_number(body, end, "live_bytes", 0, 1e18, &r->live_bytes) &&
                   kvc_jscan_number(body, end, "disk_bytes", 0, 1e18, &r->disk_bytes) &&
                   kvc_json_str_field(body, blen, "root", r->digest, sizeof(r->digest));
+        r->stream_pct = -1;
+        if (r->have && memmem(body, blen, "\"joining\":true", 14) &&
+            !kvc_jscan_number(body, end, "percent", 0, 100, &r->stream_pct))
+            r->stream_pct = -1;
         if (!r->have)
             snprintf(r->error, sizeof(r->error), "%s: figures not understood", r->m->http);
         cli_table_sanitize(r->digest);
@@ -108,13 +113,17 @@ static void st_json(FILE *out, const st_row *rows, size_t n)
         if (r->have) {
             kv_buf_printf(&j,
                           ",\"keys\":%.0f,\"tombstones\":%.0f,\"live_bytes\":%.0f,"
-                          "\"disk_bytes\":%.0f,\"digest\":\"%s\",\"error\":null}",
+                          "\"disk_bytes\":%.0f,\"digest\":\"%s\",\"error\":null",
                           r->keys, r->tombstones, r->live_bytes, r->disk_bytes, r->digest);
+            if (r->stream_pct >= 0)
+                kv_buf_printf(&j, ",\"join_percent\":%.1f}", r->stream_pct);
+            else
+                kv_buf_appends(&j, ",\"join_percent\":null}");
         } else {
             kv_buf_appends(&j, ",\"keys\":null,\"tombstones\":null,\"live_bytes\":null,"
                                "\"disk_bytes\":null,\"digest\":null,\"error\":");
             st_jstr(&j, r->error);
-            kv_buf_appends(&j, "}");
+            kv_buf_appends(&j, ",\"join_percent\":null}");
         }
     }
     kv_buf_appends(&j, "]}\n");
@@ -124,9 +133,9 @@ static void st_json(FILE *out, const st_row *rows, size_t n)
 
 static void st_table(FILE *out, const st_row *rows, size_t n)
 {
-    enum { NCOL = 8 };
-    static const char *const head[NCOL] = {"NAME", "STATE",      "RING",  "OWNED",
-                                           "KEYS", "TOMBSTONES", "BYTES", "DIGEST"};
+    enum { NCOL = 9 };
+    static const char *const head[NCOL] = {"NAME",       "STATE", "RING",   "OWNED", "KEYS",
+                                           "TOMBSTONES", "BYTES", "STREAM", "DIGEST"};
     char(*cells)[NCOL][200] = calloc(n ? n : 1, sizeof(*cells));
     if (!cells)
         return;
@@ -148,7 +157,11 @@ static void st_table(FILE *out, const st_row *rows, size_t n)
             snprintf(cells[i][4], sizeof(cells[i][4]), "%.0f", r->keys);
             snprintf(cells[i][5], sizeof(cells[i][5]), "%.0f", r->tombstones);
             st_bytes(cells[i][6], sizeof(cells[i][6]), r->live_bytes);
-            snprintf(cells[i][7], sizeof(cells[i][7]), "%s", r->digest);
+            if (r->stream_pct >= 0)
+                snprintf(cells[i][7], sizeof(cells[i][7]), "join %.0f%%", r->stream_pct);
+            else
+                snprintf(cells[i][7], sizeof(cells[i][7]), "-");
+            snprintf(cells[i][8], sizeof(cells[i][8]), "%s", r->digest);
             asked++;
             if (!first)
                 first = r->digest;
@@ -172,8 +185,8 @@ static void st_table(FILE *out, const st_row *rows, size_t n)
         }
     fprintf(out, "\n%zu members, %zu answered; * = the node that answered the member list\n", n,
             asked);
-    fprintf(out,
-            "OWNED: share of the key space it holds a copy of; BYTES: live key + value bytes\n");
+    fprintf(out, "OWNED: share of the key space it holds a copy of; BYTES: live key + value "
+                 "bytes; STREAM: a joining member's stream, percent done\n");
     if (asked > 1)
         fprintf(out,
                 "DIGEST: %s (equal digests mean equal data between members that hold the same "

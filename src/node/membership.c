@@ -103,6 +103,7 @@ struct kv_membership {
 
     kv_membership_hooks hooks; /* replication layer */
     bool changed;              /* member table changed since on_change was last called */
+    bool in_hook_owner_call;   /* inside kv_membership_set_ring: on_change waits */
 };
 
 /* One JOIN message on its way to a seed: the encoded bytes wait for the name to resolve. */
@@ -447,7 +448,7 @@ static void memb_drain(kv_membership *m)
     swim_event ev;
     while (swim_pop_event(m->core, &ev))
         memb_event(m, &ev);
-    if (m->changed && m->hooks.on_change && !m->closing) {
+    if (m->changed && m->hooks.on_change && !m->closing && !m->in_hook_owner_call) {
         m->changed = false;
         m->hooks.on_change(m->hooks.arg);
     }
@@ -616,7 +617,8 @@ static uint64_t memb_random_seed(void)
 }
 
 int kv_membership_start(kv_membership **out, uv_loop_t *loop, const kv_config *cfg,
-                        const kv_node_identity *ident, kv_metrics *metrics, int http_port)
+                        const kv_node_identity *ident, kv_metrics *metrics, int http_port,
+                        bool joining)
 {
     kv_membership *m = calloc(1, sizeof(*m));
     if (!m)
@@ -685,7 +687,7 @@ int kv_membership_start(kv_membership **out, uv_loop_t *loop, const kv_config *c
     /* The last incarnation this id used; the core starts above it (and INCARNATION on
      * disk already holds the one above, written before we got here). */
     self.incarnation = ident->prev_incarnation;
-    self.ring = SWIM_RING_NORMAL;
+    self.ring = joining ? SWIM_RING_JOINING : SWIM_RING_NORMAL;
     self.data_port = m->direct ? (uint16_t)kv_direct_port(m->direct) : 0;
     self.http_port = http_port > 0 && http_port <= 65535 ? (uint16_t)http_port : 0;
     if (rc == KV_OK) {
@@ -999,6 +1001,22 @@ static void memb_on_leave_timer(uv_timer_t *t)
     uv_timer_stop(&m->tick);
     if (m->leave_cb)
         m->leave_cb(m->leave_arg);
+}
+
+int kv_membership_set_ring(kv_membership *m, swim_ring_status ring)
+{
+    if (m->leaving || m->closing)
+        return KV_ECLOSED;
+    const swim_member *me = swim_member_find(m->core, kv_membership_self_id(m));
+    swim_ring_status old = me ? me->node.ring : SWIM_RING_NORMAL;
+    int rc = swim_set_ring_status(m->core, memb_now(m), ring);
+    if (rc == KV_OK && old != ring)
+        kv_log_info("ring status changed", KV_STR("from", swim_ring_status_name(old)),
+                    KV_STR("to", swim_ring_status_name(ring)));
+    m->in_hook_owner_call = true;
+    memb_drain(m);
+    m->in_hook_owner_call = false;
+    return rc;
 }
 
 void kv_membership_leave(kv_membership *m, void (*done)(void *arg), void *arg)

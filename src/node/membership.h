@@ -27,10 +27,18 @@ typedef struct kv_membership kv_membership;
  * through them. cfg, ident and metrics must outlive the membership. KV_OK; KV_EIO when
  * the peer port cannot be bound; KV_ECONFIG for an unusable advertise address or name;
  * KV_ENOMEM. Every failure is logged. http_port (the bound client port, 0 = unknown) is
- * told to the other members, so that tools can reach every node's API.
+ * told to the other members, so that tools can reach every node's API. joining: announce
+ * ring status `joining` (a new node that streams its ranges before it serves reads; see
+ * node/join.h) instead of `normal`.
  */
 int kv_membership_start(kv_membership **out, uv_loop_t *loop, const kv_config *cfg,
-                        const kv_node_identity *ident, kv_metrics *metrics, int http_port);
+                        const kv_node_identity *ident, kv_metrics *metrics, int http_port,
+                        bool joining);
+
+/* Change this node's ring status (gossiped with a new incarnation; logged). The on_change
+ * hook is not called from inside (the caller rebuilds what it needs itself). KV_OK;
+ * KV_ECLOSED after a leave or close. */
+int kv_membership_set_ring(kv_membership *m, swim_ring_status ring);
 
 /* "host:port" other members use to reach this node. */
 const char *kv_membership_advertise(const kv_membership *m);

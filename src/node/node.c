@@ -22,6 +22,7 @@
 #include "http/server.h"
 #include "kvstore/error.h"
 #include "node/identity.h"
+#include "node/join.h"
 #include "node/membership.h"
 #include "node/replication.h"
 #include "ring/ring.h"
@@ -289,12 +290,19 @@ static void respond_digest(kv_node *n, kv_http_req *req)
     }
     kv_store_stats st;
     store_stats(n->store, &st);
-    char body[256];
+    kv_join_progress jp;
+    memset(&jp, 0, sizeof(jp));
+    if (n->repl)
+        kv_repl_join_progress(n->repl, &jp);
+    char body[512];
     snprintf(body, sizeof(body),
              "{\"depth\":%u,\"root\":\"%016" PRIx64 "\",\"keys\":%" PRIu64
-             ",\"tombstones\":%" PRIu64 ",\"live_bytes\":%" PRIu64 ",\"disk_bytes\":%" PRIu64 "}",
+             ",\"tombstones\":%" PRIu64 ",\"live_bytes\":%" PRIu64 ",\"disk_bytes\":%" PRIu64
+             ",\"stream\":{\"joining\":%s,\"units\":%u,\"units_done\":%u,\"percent\":%.1f,"
+             "\"bytes\":%" PRIu64 "}}",
              kv_merkle_depth(t), kv_merkle_root(t), st.keys, st.tombstones, st.live_bytes,
-             st.disk_bytes);
+             st.disk_bytes, jp.joining ? "true" : "false", jp.units, jp.units_done,
+             jp.units ? 100.0 * jp.units_done / jp.units : 0.0, jp.bytes);
     respond_json(req, 200, body);
 }
 
@@ -557,8 +565,9 @@ int kv_node_main(const kv_config *cfg)
                      KV_INT("port", cfg->server_port), KV_ERR(rc));
         goto fail;
     }
+    bool joining = kv_join_needed(cfg, n->store);
     rc = kv_membership_start(&n->memb, &n->loop, cfg, &n->ident, n->metrics,
-                             kv_http_server_port(n->http));
+                             kv_http_server_port(n->http), joining);
     if (rc != KV_OK) {
         kv_log_error("cannot start cluster membership", KV_STR("host", cfg->cluster_host),
                      KV_INT("port", cfg->cluster_port), KV_ERR(rc));
@@ -566,7 +575,7 @@ int kv_node_main(const kv_config *cfg)
     }
 
     rc = kv_repl_start(&n->repl, &n->loop, cfg, n->store, n->memb,
-                       kv_node_identity_short(&n->ident), n->metrics);
+                       kv_node_identity_short(&n->ident), n->metrics, joining);
     if (rc != KV_OK) {
         kv_log_error("cannot start replication", KV_ERR(rc));
         goto fail;

@@ -25,6 +25,7 @@
  *   measuring the effect).
  */
 #include "node/replication.h"
+#include "node/join.h"
 #include "node/sync.h"
 
 #include "common/buf.h"
@@ -54,6 +55,10 @@
 #define REPL_JOIN_WAIT_MS  10000       /* see repl_joining */
 #define REPL_MAX_SCANS     16          /* local listing scans at once (peers' LISTs included) */
 #define REPL_KEEP_BUF      (64u << 10) /* a peer's batch buffer above this is freed after use */
+/* How long writes keep reaching the previous read ring after a join finished: gossip takes
+ * the news to every member within a few protocol periods; ten, and at least a second. */
+#define REPL_RING_GRACE_PERIODS 10
+#define REPL_RING_GRACE_MIN_MS  1000
 
 /* One peer's outgoing batch. */
 typedef struct repl_peer {
@@ -108,10 +113,14 @@ struct kv_repl {
     swim_member_id self;
     char self_addr[SWIM_ADDR_MAX + 1];
 
-    kv_ring *ring;
+    kv_ring *ring;       /* read ring: members that hold their ranges' data */
+    kv_ring *wring;      /* write ring when it differs (members joining/leaving), or NULL */
+    kv_ring *prev;       /* the read ring before the last change, until prev_until */
+    uint64_t prev_until; /* ms (loop clock) */
     kv_coord *coord;
     kv_hints *hints;
     kv_sync *sync; /* anti-entropy and range pulls */
+    kv_join *join; /* while joining: streaming our ranges */
     uv_timer_t coord_timer;
     uv_prepare_t prep;
     uv_idle_t scan_idle;
@@ -142,6 +151,7 @@ struct kv_repl {
     /* counters */
     uint64_t batches_sent, msgs_sent, send_drops, rx_batches, rx_msgs, rx_dropped;
     uint64_t applies_remote, reads_remote, hint_writes_refused, ring_rebuilds;
+    uint64_t joint_writes; /* writes sent to more than one preference list (ring changing) */
     uint64_t scans_refused, bad_hint_for;
     uint64_t refused_not_alive; /* 503 before any replica was asked */
     size_t n_scans;
@@ -750,37 +760,100 @@ static bool member_on_ring(const swim_member *m)
     return m->node.state != SWIM_LEFT && m->node.ring != SWIM_RING_REMOVED;
 }
 
-static void rebuild_ring(kv_repl *r)
+/*
+ * Build the ring of the members on the ring whose ring status is not `skip` (the read
+ * ring skips joining members, the write ring leaving ones). *out is NULL when it would be
+ * empty. KV_OK or an error (logged by the caller).
+ */
+static int build_view(kv_repl *r, swim_ring_status skip, kv_ring **out)
 {
     const swim_t *core = kv_membership_core(r->memb);
     size_t n = swim_member_count(core);
+    *out = NULL;
     kv_ring_member *mem = calloc(n ? n : 1, sizeof(*mem));
     if (!mem)
-        return;
+        return KV_ENOMEM;
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
         const swim_member *m = swim_member_at(core, i);
-        if (!member_on_ring(m) && !swim_id_equal(&m->node.id, &r->self))
+        bool self = swim_id_equal(&m->node.id, &r->self);
+        if ((!member_on_ring(m) && !self) || m->node.ring == skip)
             continue;
         mem[k].id = m->node.id;
         snprintf(mem[k].name, sizeof(mem[k].name), "%s", m->node.name);
         snprintf(mem[k].addr, sizeof(mem[k].addr), "%s", m->node.addr);
         k++;
     }
-    kv_ring *nr = NULL;
-    int rc = kv_ring_build(&nr, mem, k, (uint32_t)r->cfg->ring_tokens);
+    int rc = k ? kv_ring_build(out, mem, k, (uint32_t)r->cfg->ring_tokens) : KV_OK;
     free(mem);
+    return rc;
+}
+
+/*
+ * Two views of the ring (DESIGN §11): reads use the members that hold their data (normal
+ * and leaving ones: r->ring); writes go also to the members that are getting data
+ * (joining ones, r->wring when it differs), so that a joining node misses no write while
+ * it streams, and for a while after a change also to the read ring before it (r->prev),
+ * so that a node that has not yet heard of the change still reads what was written. A
+ * write must then reach W in each of these lists (kv_repl_handle_kv). A cluster whose
+ * members are all joining (a fresh one starting) reads from them all.
+ */
+static void rebuild_ring(kv_repl *r)
+{
+    kv_ring *rd = NULL, *wr = NULL;
+    int rc = build_view(r, SWIM_RING_JOINING, &rd);
+    if (rc == KV_OK)
+        rc = build_view(r, SWIM_RING_LEAVING, &wr);
+    if (rc == KV_OK && !rd && !wr)
+        rc = KV_EINVAL; /* cannot happen: we are always on one of them */
     if (rc != KV_OK) {
         kv_log_warn("cannot rebuild the ring", KV_ERR(rc));
+        kv_ring_free(rd);
+        kv_ring_free(wr);
         return;
     }
-    if (r->ring && kv_ring_equal(r->ring, nr)) {
-        kv_ring_free(nr);
+    if (!rd) { /* nobody holds data yet: the members getting it are the ring */
+        rd = wr;
+        wr = NULL;
+    }
+    if (wr && kv_ring_equal(rd, wr)) {
+        kv_ring_free(wr);
+        wr = NULL;
+    }
+    bool same_read = r->ring && kv_ring_equal(r->ring, rd);
+    bool same_write = (!r->wring && !wr) || (r->wring && wr && kv_ring_equal(r->wring, wr));
+    if (same_read && same_write) {
+        kv_ring_free(rd);
+        kv_ring_free(wr);
         return;
     }
-    kv_log_info("ring changed", KV_UINT("members", k), KV_UINT("tokens", r->cfg->ring_tokens));
-    kv_ring_free(r->ring);
-    r->ring = nr;
+    kv_log_info("ring changed", KV_UINT("members", kv_ring_member_count(rd)),
+                KV_UINT("members_getting_data", wr ? kv_ring_member_count(wr) : 0),
+                KV_UINT("tokens", r->cfg->ring_tokens));
+    if (same_read) {
+        kv_ring_free(rd);
+    } else {
+        /* A member that was only on the write ring is now on the read ring (a join
+         * finished): keep the old read ring for writes a while, for nodes that have not
+         * heard yet. Members merely learnt of (this node starting) are not a change. */
+        bool moved = false;
+        for (size_t i = 0; r->ring && r->wring && i < kv_ring_member_count(rd) && !moved; i++) {
+            const swim_member_id *id = &kv_ring_member_at(rd, i)->id;
+            moved = kv_ring_find(r->ring, id) < 0 && kv_ring_find(r->wring, id) >= 0;
+        }
+        if (moved) {
+            kv_ring_free(r->prev);
+            r->prev = r->ring;
+            uint64_t grace = REPL_RING_GRACE_PERIODS * r->cfg->cluster_probe_interval_ms;
+            r->prev_until =
+                uv_now(r->loop) + (grace > REPL_RING_GRACE_MIN_MS ? grace : REPL_RING_GRACE_MIN_MS);
+        } else {
+            kv_ring_free(r->ring);
+        }
+        r->ring = rd;
+    }
+    kv_ring_free(r->wring);
+    r->wring = wr;
     r->ring_rebuilds++;
 }
 
@@ -851,6 +924,8 @@ static void on_members_changed(void *arg)
     rebuild_ring(r);
     update_liveness(r);
     prune_peers(r);
+    if (r->join)
+        kv_join_update(r->join);
     repl_drain(r);
 }
 
@@ -970,6 +1045,82 @@ static bool refuse_unready(kv_repl *r, kv_http_req *req)
     return false;
 }
 
+/*
+ * A write while the ring changes (rebuild_ring): the read ring's preference list is in
+ * targets[0..req->n); add the members of the write ring's list and, during the grace
+ * period, of the previous read ring's, after them (fallbacks move back), and make the
+ * write a joint one: acknowledged only once each of these lists has enough of its own
+ * members — W, or fewer when fewer meet every read quorum of that list (size - R + 1, R
+ * capped at its size) — among the acknowledgements (kv_coord_req.n_groups). New length of
+ * targets.
+ */
+static size_t add_joint_targets(kv_repl *r, uint64_t hash, kv_coord_target *targets, size_t k,
+                                kv_coord_req *req)
+{
+    const kv_ring *views[2] = {r->wring, uv_now(r->loop) < r->prev_until ? r->prev : NULL};
+    uint32_t n = (uint32_t)r->cfg->replication_n, w = req->need, prim = req->n;
+    kv_coord_target extra[KV_COORD_MAX_TARGETS];
+    size_t n_extra = 0;
+    uint32_t groups = 1, need[KV_COORD_MAX_GROUPS] = {w};
+    for (uint32_t i = 0; i < prim; i++)
+        targets[i].groups = 1; /* group 0: the read ring's list */
+    for (int v = 0; v < 2; v++) {
+        if (!views[v])
+            continue;
+        uint32_t members = (uint32_t)kv_ring_member_count(views[v]);
+        uint32_t idx[KV_COORD_MAX_TARGETS], size = n < members ? n : members;
+        size_t got = kv_ring_walk(views[v], hash, size, idx);
+        uint8_t bit = (uint8_t)(1u << groups);
+        /* enough to meet every read quorum (replication.r) of that list, never more than
+         * the W asked for: a reader that still uses the list finds the write */
+        uint32_t rq =
+            (uint32_t)r->cfg->replication_r < size ? (uint32_t)r->cfg->replication_r : size;
+        uint32_t meet = size - rq + 1;
+        need[groups++] = w < meet ? w : meet;
+        for (size_t i = 0; i < got; i++) {
+            const kv_ring_member *m = kv_ring_member_at(views[v], idx[i]);
+            kv_coord_target *t = NULL;
+            for (size_t j = 0; j < prim && !t; j++)
+                if (swim_id_equal(&targets[j].id, &m->id))
+                    t = &targets[j];
+            for (size_t j = 0; j < n_extra && !t; j++)
+                if (swim_id_equal(&extra[j].id, &m->id))
+                    t = &extra[j];
+            if (!t && prim + n_extra < KV_COORD_MAX_TARGETS) {
+                t = &extra[n_extra++];
+                t->id = m->id;
+                t->self = swim_id_equal(&m->id, &r->self);
+                t->alive = member_alive(r, &m->id);
+                t->groups = 0;
+            }
+            if (t)
+                t->groups |= bit;
+        }
+    }
+    if (groups == 1)
+        return k; /* the ring is not changing */
+    /* the fallbacks that are not primaries now, after the extras, as many as still fit */
+    uint32_t u = prim + (uint32_t)n_extra;
+    size_t n_fb = 0;
+    kv_coord_target fb[KV_COORD_MAX_TARGETS];
+    for (size_t i = prim; i < k && u + n_fb < KV_COORD_MAX_TARGETS; i++) {
+        bool dup = false;
+        for (size_t j = 0; j < n_extra && !dup; j++)
+            dup = swim_id_equal(&extra[j].id, &targets[i].id);
+        if (!dup)
+            fb[n_fb++] = targets[i];
+    }
+    memcpy(&targets[prim], extra, n_extra * sizeof(*extra));
+    memcpy(&targets[u], fb, n_fb * sizeof(*fb));
+    req->n = u;
+    if (!req->sloppy) { /* sloppy writes promise less: W acknowledgements among them all */
+        req->n_groups = groups;
+        memcpy(req->group_need, need, sizeof(need));
+    }
+    r->joint_writes++;
+    return u + n_fb;
+}
+
 void kv_repl_handle_kv(kv_repl *r, kv_http_req *req, const uint8_t *key, size_t klen)
 {
     if (refuse_unready(r, req))
@@ -1033,17 +1184,27 @@ void kv_repl_handle_kv(kv_repl *r, kv_http_req *req, const uint8_t *key, size_t 
         targets[i].id = m->id;
         targets[i].self = swim_id_equal(&m->id, &r->self);
         targets[i].alive = member_alive(r, &m->id);
+        targets[i].groups = 0;
     }
+    if (!read)
+        k = add_joint_targets(r, kv_ring_hash(key, klen), targets, k, &cr);
     cr.targets = targets;
     cr.n_targets = (uint32_t)k;
     /* Fewer replicas alive than the quorum (and no fallback allowed to stand in): say so
      * plainly rather than "0 answered". */
     uint32_t alive = 0;
-    for (size_t i = 0; i < k && i < n_eff; i++)
+    for (size_t i = 0; i < k && i < cr.n; i++)
         alive += targets[i].alive;
-    if (!cr.sloppy && alive < (uint32_t)need) {
+    bool list_short = false; /* joint: a list with fewer alive members than its W */
+    for (uint32_t g = 0; g < cr.n_groups; g++) {
+        uint32_t a = 0;
+        for (size_t i = 0; i < cr.n; i++)
+            a += targets[i].alive && (targets[i].groups & (1u << g));
+        list_short = list_short || a < cr.group_need[g];
+    }
+    if (!cr.sloppy && (alive < (uint32_t)need || list_short)) {
         r->refused_not_alive++;
-        respond_unavailable_alive(req, "not_enough_replicas", 0, (uint32_t)need, (int)alive, n_eff);
+        respond_unavailable_alive(req, "not_enough_replicas", 0, cr.need, (int)alive, cr.n);
         return;
     }
     int rc = kv_coord_submit(r->coord, uv_now(r->loop), wall_ms(), &cr);
@@ -1239,6 +1400,8 @@ void kv_repl_publish_metrics(kv_repl *r)
     kv_metrics *mx = r->metrics;
     if (r->sync)
         kv_sync_publish_metrics(r->sync);
+    if (r->join)
+        kv_join_publish_metrics(r->join);
     if (r->coord) {
         kv_coord_stats cs;
         kv_coord_get_stats(r->coord, &cs);
@@ -1300,6 +1463,13 @@ void kv_repl_publish_metrics(kv_repl *r)
                            r->bad_hint_for);
     kv_metrics_counter_set(mx, "kv_ring_changes_total", "Times the ring changed.",
                            r->ring_rebuilds);
+    kv_metrics_gauge(mx, "kv_ring_grace_active",
+                     "1 while writes still also go to the read ring before the last finished join.",
+                     r->prev && uv_now(r->loop) < r->prev_until ? 1.0 : 0.0);
+    kv_metrics_counter_set(mx, "kv_repl_joint_writes_total",
+                           "Writes that had to reach W in more than one preference list (a "
+                           "node joining or leaving, or just after).",
+                           r->joint_writes);
     if (r->ring)
         kv_metrics_gauge(mx, "kv_ring_members", "Members on the ring.",
                          (double)kv_ring_member_count(r->ring));
@@ -1328,6 +1498,38 @@ static bool sync_alive(void *arg, const swim_member_id *id)
     return member_alive(arg, id);
 }
 
+static const kv_ring *join_write_ring(void *arg)
+{
+    return ((kv_repl *)arg)->wring;
+}
+
+static bool join_met_cluster(void *arg)
+{
+    kv_repl *r = arg;
+    return !kv_repl_joining(r);
+}
+
+/* The join streamed everything: count for reads. */
+static void join_set_normal(void *arg)
+{
+    kv_repl *r = arg;
+    kv_membership_set_ring(r->memb, SWIM_RING_NORMAL);
+    on_members_changed(r);
+}
+
+void kv_repl_join_progress(kv_repl *r, struct kv_join_progress *out)
+{
+    kv_join_get_progress(r->join, out);
+}
+
+static void on_join_closed(void *arg)
+{
+    kv_repl *r = arg;
+    r->join = NULL;
+    r->pending--;
+    repl_maybe_closed(r);
+}
+
 static void on_sync_closed(void *arg)
 {
     kv_repl *r = arg;
@@ -1337,7 +1539,7 @@ static void on_sync_closed(void *arg)
 }
 
 int kv_repl_start(kv_repl **out, uv_loop_t *loop, const kv_config *cfg, kv_store *store,
-                  kv_membership *memb, uint32_t node_id, kv_metrics *metrics)
+                  kv_membership *memb, uint32_t node_id, kv_metrics *metrics, bool joining)
 {
     kv_repl *r = calloc(1, sizeof(*r));
     if (!r)
@@ -1415,6 +1617,17 @@ int kv_repl_start(kv_repl **out, uv_loop_t *loop, const kv_config *cfg, kv_store
                       .arg = r};
     if (kv_sync_start(&r->sync, loop, cfg, store, metrics, &r->self, &se) != KV_OK)
         kv_log_warn("anti-entropy not started: out of memory");
+    if (joining && r->sync) {
+        kv_join_env je = {.read_ring = sync_ring,
+                          .write_ring = join_write_ring,
+                          .addr_of = sync_addr_of,
+                          .alive = sync_alive,
+                          .met_cluster = join_met_cluster,
+                          .set_normal = join_set_normal,
+                          .arg = r};
+        if (kv_join_start(&r->join, loop, cfg, r->sync, metrics, &r->self, &je) != KV_OK)
+            kv_log_warn("cannot start the join's streaming");
+    }
     kv_membership_hooks hk = {.on_repl = on_repl_recv, .on_change = on_members_changed, .arg = r};
     kv_membership_set_hooks(memb, &hk);
     kv_log_info("replication started", KV_UINT("n", cfg->replication_n),
@@ -1454,6 +1667,8 @@ static void repl_maybe_closed(kv_repl *r)
         }
     }
     kv_ring_free(r->ring);
+    kv_ring_free(r->wring);
+    kv_ring_free(r->prev);
     free(r->live);
     void (*cb)(void *) = r->close_cb;
     void *arg = r->close_arg;
@@ -1480,6 +1695,10 @@ void kv_repl_close(kv_repl *r, void (*done)(void *arg), void *arg)
     kv_coord_free(c);
     while (r->lists)
         list_finish(r, r->lists, true);
+    if (r->join) { /* first: it cancels its pulls */
+        r->pending++;
+        kv_join_close(r->join, on_join_closed, r);
+    }
     if (r->sync) {
         r->pending++;
         kv_sync_close(r->sync, on_sync_closed, r);

@@ -22,9 +22,15 @@
 typedef struct kv_repl kv_repl;
 
 /* Start on a running membership and an open store (both must outlive it). Opens the hint
- * store in <node.data_dir>/hints. KV_OK or an error (logged). */
+ * store in <node.data_dir>/hints. joining: this node announced ring status `joining`
+ * (kv_join_needed): stream its ranges, then turn normal (node/join.h). KV_OK or an error
+ * (logged). */
 int kv_repl_start(kv_repl **out, uv_loop_t *loop, const kv_config *cfg, kv_store *store,
-                  kv_membership *memb, uint32_t node_id, kv_metrics *metrics);
+                  kv_membership *memb, uint32_t node_id, kv_metrics *metrics, bool joining);
+
+/* The join's progress (all zero when the node is not joining). */
+struct kv_join_progress;
+void kv_repl_join_progress(kv_repl *r, struct kv_join_progress *out);
 
 /* A client request on /v1/kv/{key}: key already percent-decoded and checked against
  * limits.max_key; method GET, PUT or DELETE. Answers req (now or later). */

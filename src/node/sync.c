@@ -188,16 +188,22 @@ typedef struct sync_serve {
     uint64_t active_ms;
 } sync_serve;
 
-/* A pull this node makes. */
-typedef struct sync_pull {
+/* A pull this node makes (kv_sync_pull in sync.h). */
+struct kv_sync_pull {
+    struct kv_sync_pull *next;
     kv_sync *s;
     uint64_t req_id;
     char from[SWIM_ADDR_MAX + 1];
     uint32_t seq;
-    int applying; /* store_apply callbacks outstanding for the current chunk */
-    bool last;    /* the current chunk is the final one */
-    bool dead;    /* abandoned: free once applying reaches 0 */
-} sync_pull;
+    int applying;      /* store_apply callbacks outstanding for the current chunk */
+    bool last;         /* the current chunk is the final one */
+    bool dead;         /* finished or cancelled: free once applying reaches 0 */
+    uint64_t deadline; /* ms: the answer to the last PULL is due by then */
+    uint64_t raw, records;
+    kv_sync_pull_cb cb;
+    void *arg;
+};
+typedef struct kv_sync_pull sync_pull;
 
 typedef enum ae_step { AE_IDLE, AE_TOP, AE_LEAVES, AE_HAVE, AE_PULL } ae_step;
 
@@ -242,8 +248,10 @@ struct kv_sync {
     ae_have *have;
     size_t n_have, cap_have;
     store_cursor have_cur;
-    sync_pull *pull;
+    sync_pull *ae_pull; /* the round's pull, in pulls too */
     uint64_t round_started, round_applied;
+    sync_pull *pulls;      /* every pull in progress */
+    uv_timer_t pull_timer; /* their answer deadlines */
 
     sync_conf *confs;
     /* the tombstone purge walk */
@@ -267,7 +275,7 @@ struct kv_sync {
     struct {
         uint64_t rounds_in_sync, rounds_repaired, rounds_failed, leaves_differing;
         uint64_t applied, stale, apply_errors, bad_chunks, bytes_in, raw_in;
-        uint64_t bytes_out, chunks_out, serves_started, serves_refused, serves_dropped;
+        uint64_t bytes_out, raw_out, chunks_out, serves_started, serves_refused, serves_dropped;
         uint64_t purged, purge_sent, purge_recv, gc_walks;
     } st;
 };
@@ -497,6 +505,7 @@ static void serve_send(kv_sync *s, sync_serve *v, bool last)
     if (s->env.send(s->env.arg, v->to, &d) == KV_OK) {
         s->st.chunks_out++;
         s->st.bytes_out += d.vlen;
+        s->st.raw_out += d.raw_len;
     }
     s->tokens -= (double)d.vlen;
     kv_buf_reset(&v->raw);
@@ -528,6 +537,7 @@ static void serve_step(kv_sync *s, sync_serve *v)
 
 static void round_end(kv_sync *s, bool ok);
 static void round_next_pull(kv_sync *s);
+static void on_ae_pull_done(void *arg, int status);
 static void await(kv_sync *s);
 
 /* Send a request of the round and wait for its answer; a send refused ends the round. */
@@ -539,13 +549,38 @@ static void send_await(kv_sync *s, const char *to, const kv_repl_msg *m)
         await(s);
 }
 
+static uint64_t answer_ms(kv_sync *s);
+
 static void pull_free(sync_pull *p)
 {
     free(p);
 }
 
-static void pull_ask(kv_sync *s, sync_pull *p, const uint8_t *pairs, size_t n_pairs,
-                     const uint8_t *have, size_t n_have)
+/* The pull is over: off the list, its callback told (last, so it may start another).
+ * Store callbacks still outstanding keep the memory until they are back. */
+static void pull_finish(sync_pull *p, int status, bool notify)
+{
+    kv_sync *s = p->s;
+    for (sync_pull **pp = &s->pulls; *pp; pp = &(*pp)->next)
+        if (*pp == p) {
+            *pp = p->next;
+            break;
+        }
+    kv_sync_pull_cb cb = notify ? p->cb : NULL;
+    void *arg = p->arg;
+    if (p->applying) {
+        p->dead = true;
+        s->dead_pulls++;
+    } else {
+        pull_free(p);
+    }
+    if (cb)
+        cb(arg, status);
+}
+
+/* Ask for chunk p->seq. KV_OK, or the send's error (the caller ends the pull). */
+static int pull_ask(kv_sync *s, sync_pull *p, const uint8_t *pairs, size_t n_pairs,
+                    const uint8_t *have, size_t n_have)
 {
     kv_repl_msg m = {.type = KV_REPL_PULL,
                      .req_id = p->req_id,
@@ -554,19 +589,59 @@ static void pull_ask(kv_sync *s, sync_pull *p, const uint8_t *pairs, size_t n_pa
                      .n_ranges = n_pairs,
                      .u64s = have,
                      .n_u64s = n_have};
-    send_await(s, p->from, &m);
+    p->deadline = now_ms(s) + answer_ms(s);
+    return s->env.send(s->env.arg, p->from, &m);
 }
 
-static void pull_chunk_done(kv_sync *s, sync_pull *p)
+static sync_pull *pull_start(kv_sync *s, const char *addr, const uint8_t *pairs, size_t n_pairs,
+                             const uint8_t *have, size_t n_have, kv_sync_pull_cb cb, void *arg)
 {
-    if (p->last) {
-        s->pull = NULL;
-        pull_free(p);
-        round_next_pull(s);
-        return;
+    sync_pull *p = calloc(1, sizeof(*p));
+    if (!p)
+        return NULL;
+    p->s = s;
+    p->req_id = new_id(s);
+    snprintf(p->from, sizeof(p->from), "%s", addr);
+    p->cb = cb;
+    p->arg = arg;
+    if (pull_ask(s, p, pairs, n_pairs, have, n_have) != KV_OK) {
+        free(p);
+        return NULL;
     }
-    p->seq++;
-    pull_ask(s, p, NULL, 0, NULL, 0);
+    p->next = s->pulls;
+    s->pulls = p;
+    return p;
+}
+
+kv_sync_pull *kv_sync_pull_start(kv_sync *s, const char *addr, const uint8_t *pairs, size_t n_pairs,
+                                 kv_sync_pull_cb cb, void *arg)
+{
+    if (s->closing || !addr)
+        return NULL;
+    return pull_start(s, addr, pairs, n_pairs, NULL, 0, cb, arg);
+}
+
+void kv_sync_pull_cancel(kv_sync_pull *p)
+{
+    if (p)
+        pull_finish(p, KV_ECLOSED, false);
+}
+
+void kv_sync_pull_progress(const kv_sync_pull *p, uint64_t *raw_bytes, uint64_t *records)
+{
+    *raw_bytes = p->raw;
+    *records = p->records;
+}
+
+static void on_pull_timer(uv_timer_t *t)
+{
+    kv_sync *s = t->data;
+    uint64_t now = now_ms(s);
+    for (sync_pull *p = s->pulls, *next; p; p = next) {
+        next = p->next;
+        if (!p->applying && now > p->deadline)
+            pull_finish(p, KV_ETIMEDOUT, true);
+    }
 }
 
 /* One more thing finished after kv_sync_close; the last one frees s and reports. */
@@ -591,7 +666,7 @@ static void close_step(kv_sync *s)
 }
 
 /* One store_apply of the current chunk is over (or the hold taken while handing them out
- * is dropped): when none is left, the chunk is applied. */
+ * is dropped): when none is left, the chunk is applied — ask for the next, or finish. */
 static void pull_release(sync_pull *p)
 {
     kv_sync *s = p->s;
@@ -604,7 +679,13 @@ static void pull_release(sync_pull *p)
             close_step(s);
         return;
     }
-    pull_chunk_done(s, p);
+    if (p->last) {
+        pull_finish(p, KV_OK, true);
+        return;
+    }
+    p->seq++;
+    if (pull_ask(s, p, NULL, 0, NULL, 0) != KV_OK)
+        pull_finish(p, KV_EUNAVAIL, true);
 }
 
 static void on_pull_apply(void *arg, int status, const kv_version *ver)
@@ -614,7 +695,8 @@ static void on_pull_apply(void *arg, int status, const kv_version *ver)
     kv_sync *s = p->s;
     if (status == KV_OK) {
         s->st.applied++;
-        s->round_applied++;
+        if (p == s->ae_pull)
+            s->round_applied++;
     } else if (status == KV_ESTALE) {
         s->st.stale++;
     } else {
@@ -625,12 +707,13 @@ static void on_pull_apply(void *arg, int status, const kv_version *ver)
 
 static void on_pull_data(kv_sync *s, const char *from, const kv_repl_msg *m)
 {
-    sync_pull *p = s->pull;
-    if (!p || p->req_id != m->req_id || strcmp(p->from, from) != 0 || m->seq != p->seq ||
-        p->applying)
+    sync_pull *p = s->pulls;
+    while (p && (p->req_id != m->req_id || strcmp(p->from, from) != 0))
+        p = p->next;
+    if (!p || m->seq != p->seq || p->applying)
         return; /* late or foreign: ignore */
     if (m->status != KV_REPL_OK) {
-        round_end(s, false);
+        pull_finish(p, KV_EUNAVAIL, true);
         return;
     }
     s->st.bytes_in += m->vlen;
@@ -641,12 +724,14 @@ static void on_pull_data(kv_sync *s, const char *from, const kv_repl_msg *m)
         int rc = kv_chunk_unpack(m->raw_len, m->value, m->vlen, &s->scratch, &count, &why);
         if (rc != KV_OK) {
             s->st.bad_chunks++;
-            kv_log_warn("anti-entropy chunk refused", KV_STR("peer", from),
+            kv_log_warn("pulled chunk refused", KV_STR("peer", from),
                         KV_STR("reason", why ? why : kv_strerror(rc)));
-            round_end(s, false);
+            pull_finish(p, KV_ECORRUPT, true);
             return;
         }
     }
+    p->raw += m->raw_len;
+    p->records += count;
     p->last = m->last;
     p->applying = 1; /* held while the records are handed to the store */
     size_t off = 0;
@@ -659,7 +744,6 @@ static void on_pull_data(kv_sync *s, const char *from, const kv_repl_msg *m)
         else
             s->st.apply_errors++;
     }
-    uv_timer_stop(&s->round_timer);
     pull_release(p); /* drop the hold */
 }
 
@@ -835,14 +919,9 @@ static void round_reset(kv_sync *s)
     s->leaves = NULL;
     s->have = NULL;
     s->n_spans = s->n_leaves = s->next_leaf = s->n_have = s->cap_have = 0;
-    if (s->pull) {
-        if (s->pull->applying) { /* freed by its last store callback */
-            s->pull->dead = true;
-            s->dead_pulls++;
-        } else {
-            pull_free(s->pull);
-        }
-        s->pull = NULL;
+    if (s->ae_pull) {
+        kv_sync_pull_cancel(s->ae_pull);
+        s->ae_pull = NULL;
     }
     s->step = AE_IDLE;
 }
@@ -885,12 +964,17 @@ static void round_end(kv_sync *s, bool ok)
 /* Wait for the step's answer: SYNC_ANSWER_MS, plus what the peer's rate limit may make a
  * chunk wait behind the other pulls it serves. A peer that restarted never answers; the
  * round then ends and the next one starts afresh. */
-static void await(kv_sync *s)
+static uint64_t answer_ms(kv_sync *s)
 {
     uint64_t ms = SYNC_ANSWER_MS, rate = s->cfg->streaming_rate;
     if (rate)
         ms += (uint64_t)SYNC_MAX_SERVE * SYNC_CHUNK_RAW * 1000 / rate;
-    uv_timer_start(&s->round_timer, on_round_timer, ms, 0);
+    return ms;
+}
+
+static void await(kv_sync *s)
+{
+    uv_timer_start(&s->round_timer, on_round_timer, answer_ms(s), 0);
 }
 
 /* The ranges both we and member `peer` replicate, as spans. KV_OK (maybe none). */
@@ -1142,22 +1226,26 @@ static void round_next_pull(kv_sync *s)
         ;
     size_t n_have = h1 - h0 <= KV_REPL_U64S_MAX ? h1 - h0 : 0; /* too many: send them all */
     uint8_t *have = malloc(n_have * 8 + 1);
-    s->pull = calloc(1, sizeof(*s->pull));
-    if (!pairs || !have || !s->pull) {
-        free(pairs);
-        free(have);
-        round_end(s, false);
-        return;
+    if (pairs && have) {
+        for (size_t i = 0; i < n_have; i++)
+            kv_repl_u64_put(have, i, s->have[h0 + i].digest);
+        s->ae_pull = pull_start(s, s->peer_addr, pairs, n_sp, have, n_have, on_ae_pull_done, s);
     }
-    for (size_t i = 0; i < n_have; i++)
-        kv_repl_u64_put(have, i, s->have[h0 + i].digest);
-    sync_pull *p = s->pull;
-    p->s = s;
-    p->req_id = new_id(s);
-    snprintf(p->from, sizeof(p->from), "%s", s->peer_addr);
-    pull_ask(s, p, pairs, n_sp, have, n_have);
     free(pairs);
     free(have);
+    if (!s->ae_pull)
+        round_end(s, false);
+}
+
+/* The round's pull of one group of leaves is over. */
+static void on_ae_pull_done(void *arg, int status)
+{
+    kv_sync *s = arg;
+    s->ae_pull = NULL;
+    if (status == KV_OK)
+        round_next_pull(s);
+    else
+        round_end(s, false);
 }
 
 /* ---------- timers and the pump ---------- */
@@ -1267,7 +1355,9 @@ int kv_sync_start(kv_sync **out, uv_loop_t *loop, const kv_config *cfg, kv_store
     uv_timer_init(loop, &s->round_timer);
     uv_timer_init(loop, &s->rate_timer);
     uv_idle_init(loop, &s->pump);
-    s->round_timer.data = s->rate_timer.data = s->pump.data = s;
+    uv_timer_init(loop, &s->pull_timer);
+    s->round_timer.data = s->rate_timer.data = s->pump.data = s->pull_timer.data = s;
+    uv_timer_start(&s->pull_timer, on_pull_timer, 1000, 1000);
     s->tokens_ms = now_ms(s);
     schedule(s);
     *out = s;
@@ -1297,6 +1387,8 @@ void kv_sync_publish_metrics(kv_sync *s)
                            "Pulled chunk bytes received (uncompressed).", s->st.raw_in);
     kv_metrics_counter_set(mx, "kv_sync_bytes_sent_total",
                            "Chunk bytes sent to pulling replicas (compressed).", s->st.bytes_out);
+    kv_metrics_counter_set(mx, "kv_sync_raw_bytes_sent_total",
+                           "Chunk bytes sent to pulling replicas (uncompressed).", s->st.raw_out);
     kv_metrics_counter_set(mx, "kv_sync_chunks_sent_total", "Chunks sent to pulling replicas.",
                            s->st.chunks_out);
     kv_metrics_counter_set(mx, "kv_sync_pulls_served_total", "Pulls served.", s->st.serves_started);
@@ -1325,9 +1417,12 @@ void kv_sync_close(kv_sync *s, void (*done)(void *arg), void *arg)
     s->close_cb = done;
     s->close_arg = arg;
     round_reset(s);
+    while (s->pulls) /* their owners are closed already: no callbacks */
+        kv_sync_pull_cancel(s->pulls);
     while (s->serves)
         serve_free(s, s->serves);
-    s->pending = 3 + s->dead_pulls;
+    s->pending = 4 + s->dead_pulls;
+    uv_close((uv_handle_t *)&s->pull_timer, on_closed);
     uv_close((uv_handle_t *)&s->round_timer, on_closed);
     uv_close((uv_handle_t *)&s->rate_timer, on_closed);
     uv_close((uv_handle_t *)&s->pump, on_closed);

@@ -91,6 +91,7 @@ typedef struct coord_tgt {
     bool down;         /* reported down since submit */
     bool hinted;       /* a HINT of hint_ver went out for this primary */
     int8_t stands_for; /* fallback in a sloppy write: index of the primary, else -1 */
+    uint8_t groups;    /* joint quorum: the preference lists it counts for */
     uint8_t state;     /* enum coord_tstate */
     uint8_t rkind;     /* reads: enum coord_rkind of the answer */
     kv_version ver;    /* reads: version answered; writes: hint_ver */
@@ -108,6 +109,8 @@ typedef struct coord_req {
     uint32_t flags;     /* KV_REPL_F_* of the record written / the newest answered */
     uint32_t need, n, n_targets;
     uint32_t acks, fails, pending; /* over the current round */
+    uint32_t n_groups;             /* joint quorum (kv_coord_req) */
+    uint32_t group_need[KV_COORD_MAX_GROUPS];
     uint32_t heap_idx;
     uint32_t next_free;
     uint8_t op;
@@ -532,6 +535,47 @@ static bool write_bump(kv_coord *c, coord_req *r, uint32_t slot)
     return true;
 }
 
+/* Joint quorum: are acknowledgements enough in every list (met), or can some list no
+ * longer get enough with what is pending (lost)? */
+static void groups_state(const coord_req *r, bool *met, bool *lost)
+{
+    uint32_t acked[KV_COORD_MAX_GROUPS] = {0}, open[KV_COORD_MAX_GROUPS] = {0};
+    for (uint32_t i = 0; i < r->n_targets; i++) {
+        const coord_tgt *t = &r->t[i];
+        uint8_t g = t->stands_for >= 0 ? r->t[t->stands_for].groups : t->groups;
+        for (uint32_t k = 0; k < r->n_groups; k++) {
+            if (!(g & (1u << k)))
+                continue;
+            acked[k] += t->state == T_ACKED;
+            open[k] += t->state == T_PENDING;
+        }
+    }
+    *met = true;
+    *lost = false;
+    for (uint32_t k = 0; k < r->n_groups; k++) {
+        *met = *met && acked[k] >= r->group_need[k];
+        *lost = *lost || acked[k] + open[k] < r->group_need[k];
+    }
+}
+
+static bool quorum_met(const coord_req *r)
+{
+    if (!r->n_groups)
+        return r->acks >= r->need;
+    bool met, lost;
+    groups_state(r, &met, &lost);
+    return met;
+}
+
+static bool quorum_lost(const coord_req *r)
+{
+    if (!r->n_groups)
+        return r->acks + r->pending < r->need;
+    bool met, lost;
+    groups_state(r, &met, &lost);
+    return lost && !met;
+}
+
 /*
  * After any change to a request: answer the client when the quorum is reached or can no
  * longer be, and close when nothing is pending.
@@ -548,18 +592,18 @@ static void check(kv_coord *c, uint32_t slot)
 {
     coord_req *r = &c->slots[slot];
     if (!r->replied) {
-        if (r->acks >= r->need) {
+        if (quorum_met(r)) {
             if (r->op != KV_COORD_GET)
                 emit_reply(c, r, KV_OK, NULL);
             else if (r->best_kind == R_VALUE)
                 emit_reply(c, r, KV_OK, NULL);
             else
                 emit_reply(c, r, KV_ENOTFOUND, NULL);
-        } else if (r->acks + r->pending < r->need) {
+        } else if (quorum_lost(r)) {
             if (r->op == KV_COORD_GET || !r->saw_newer || !write_bump(c, r, slot)) {
                 if (!r->replied)
                     reply_failed(c, r);
-            } else if (r->acks + r->pending < r->need) {
+            } else if (quorum_lost(r)) {
                 /* the new round reaches too few replicas (all known down) */
                 reply_failed(c, r);
             }
@@ -585,8 +629,11 @@ static int validate(const kv_coord_req *q)
     if (q->op == KV_COORD_PUT && ((q->vlen && !q->value) || q->vlen > KV_REPL_VALUE_MAX))
         return KV_EINVAL;
     if (q->n < 1 || q->need < 1 || q->need > q->n || q->n_targets < q->n ||
-        q->n_targets > KV_COORD_MAX_TARGETS || !q->targets)
+        q->n_targets > KV_COORD_MAX_TARGETS || !q->targets || q->n_groups > KV_COORD_MAX_GROUPS)
         return KV_EINVAL;
+    for (uint32_t k = 0; k < q->n_groups; k++)
+        if (q->group_need[k] < 1 || q->group_need[k] > q->n)
+            return KV_EINVAL;
     return KV_OK;
 }
 
@@ -637,7 +684,14 @@ int kv_coord_submit(kv_coord *c, uint64_t now, uint64_t wall_ms, const kv_coord_
         c->st.writes++;
     else
         c->st.reads++;
-    if (usable < q->need) {
+    bool groups_short = false;
+    for (uint32_t k = 0; write && k < q->n_groups; k++) {
+        uint32_t u = 0;
+        for (uint32_t i = 0; i < q->n; i++)
+            u += (q->targets[i].groups & (1u << k)) && (q->targets[i].alive || stand_in[i] >= 0);
+        groups_short = groups_short || u < q->group_need[k];
+    }
+    if (usable < q->need || groups_short) {
         reply_now(c, q, KV_EUNAVAIL, "not_enough_replicas");
         return KV_OK;
     }
@@ -673,6 +727,9 @@ int kv_coord_submit(kv_coord *c, uint64_t now, uint64_t wall_ms, const kv_coord_
     r->need = q->need;
     r->n = q->n;
     r->n_targets = q->n_targets;
+    r->n_groups = write ? q->n_groups : 0;
+    for (uint32_t k = 0; k < r->n_groups; k++)
+        r->group_need[k] = q->group_need[k];
     r->op = (uint8_t)q->op;
     r->read_repair = q->read_repair;
     r->heap_idx = COORD_NONE;
@@ -683,6 +740,7 @@ int kv_coord_submit(kv_coord *c, uint64_t now, uint64_t wall_ms, const kv_coord_
         t->id = q->targets[i].id;
         t->alive = q->targets[i].alive;
         t->self = q->targets[i].self;
+        t->groups = i < q->n ? q->targets[i].groups : 0;
         t->stands_for = -1;
     }
     heap_push(c, slot);

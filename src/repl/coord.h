@@ -68,9 +68,12 @@ typedef struct kv_coord kv_coord;
 
 typedef struct kv_coord_target {
     swim_member_id id;
-    bool alive; /* SWIM alive or suspect: worth sending to */
-    bool self;  /* this node */
+    bool alive;     /* SWIM alive or suspect: worth sending to */
+    bool self;      /* this node */
+    uint8_t groups; /* writes with n_groups: bit g set = in preference list g (primaries) */
 } kv_coord_target;
+
+#define KV_COORD_MAX_GROUPS 4
 
 typedef enum kv_coord_op {
     KV_COORD_GET = 1,
@@ -93,7 +96,17 @@ typedef struct kv_coord_req {
     uint64_t timeout_ms;
     const kv_coord_target *targets; /* n primaries, then fallbacks */
     uint32_t n_targets;             /* <= KV_COORD_MAX_TARGETS */
-    void *client;                   /* returned untouched in the REPLY effect */
+    /*
+     * Joint quorums (writes while the ring changes: a node joining or leaving). With
+     * n_groups > 0 the primaries are the union of n_groups preference lists (each
+     * primary's `groups` says which) and the write is acknowledged only once, for every
+     * list g, group_need[g] of its members acknowledged (a fallback standing in for a
+     * primary counts for that primary's lists); `need` is then only what 503 answers
+     * report. 0 = one list, `need` acknowledgements among the primaries.
+     */
+    uint32_t n_groups;
+    uint32_t group_need[KV_COORD_MAX_GROUPS];
+    void *client; /* returned untouched in the REPLY effect */
 } kv_coord_req;
 
 typedef enum kv_coord_effect_kind {

@@ -40,6 +40,9 @@ typedef struct th_cluster {
     const char *const *args;
     const char *const *node_args[TH_CLUSTER_MAX];
     const char *const *node_env[TH_CLUSTER_MAX];
+    /* th_cluster_wait_settled: also when a running node is still joining (by default every
+     * running node must be alive AND ring status normal everywhere). */
+    bool allow_joining;
 } th_cluster;
 
 /* Set up c for n nodes (no process started yet) in a fresh temporary directory. */
@@ -56,8 +59,9 @@ void th_cluster_fini(th_cluster *c);
  */
 int th_cluster_start_node(th_cluster *c, int i);
 
-/* Start every node (0 first), then wait until each sees all n alive (timeout_ms). 0 or -1
- * (views and logs printed). */
+/* Start every node (0 first), then wait until each sees all n alive and normal, and no node
+ * still sends writes to the ring before the last join (kv_ring_grace_active; timeout_ms).
+ * 0 or -1 (views and logs printed). */
 int th_cluster_start(th_cluster *c, int timeout_ms);
 
 /* kill -9 node i and reap it. */
@@ -73,7 +77,8 @@ bool th_cluster_running(th_cluster *c, int i);
 /*
  * Wait until the views agree with the processes: every running node sees every running node
  * `alive` (a restarted one with an incarnation above the one it had before the restart) and
- * every node that is not running as `dead` or `left`. Returns the milliseconds it took, or
+ * ring status `normal` (unless allow_joining), and every node that is not running as `dead`
+ * or `left`. Returns the milliseconds it took, or
  * -1 after timeout_ms (every view is printed then).
  */
 int64_t th_cluster_wait_settled(th_cluster *c, int timeout_ms);

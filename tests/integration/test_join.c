@@ -1,0 +1,330 @@
+/*
+ * test_join.c — nodes joining a populated cluster (node/join.h): real kvstore processes
+ * on 127.0.0.1.
+ *   - Under continuous quorum writes and reads from a client, a 4th and then a 5th node
+ *     join a 3-node cluster holding data: each streams its ranges and turns normal; no
+ *     read during the run returns a value older than the last write acknowledged before
+ *     it began, and afterwards every acknowledged write (and every key loaded before)
+ *     reads back at quorum through every node, the new ones included.
+ *   - A joining node killed half-way through its stream and restarted resumes from its
+ *     checkpoint: the sources send well under 1.5 times the data (a restart from zero
+ *     would send the finished half again).
+ */
+#include "cluster.h"
+
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static th_cluster g_c;
+
+static const char *const g_args[] = {"--replication.timeout", "2s", NULL};
+
+static void setup(void)
+{
+    memset(&g_c, 0, sizeof g_c);
+}
+
+static void teardown(void)
+{
+    th_cluster_fini(&g_c);
+}
+
+TestSuite(join, .init = setup, .fini = teardown, .timeout = 240);
+
+static double metric(int i, const char *name)
+{
+    return th_metric(g_c.node[i].port, name, NULL);
+}
+
+/* Load n keys "<prefix>/<i>" of vlen pseudo-random letters through one keep-alive
+ * connection per node, rotating over nodes 0..via_n-1. */
+static void preload(const char *prefix, int n, int vlen, int via_n)
+{
+    th_kv_conn conn[TH_CLUSTER_MAX];
+    for (int i = 0; i < via_n; i++)
+        th_kv_conn_init(&conn[i], g_c.node[i].port);
+    char key[64], *val = malloc((size_t)vlen + 1);
+    cr_assert(val);
+    unsigned x = 12345;
+    for (int i = 0; i < n; i++) {
+        snprintf(key, sizeof key, "%s/%05d", prefix, i);
+        for (int b = 0; b < vlen; b++) {
+            x = x * 1103515245u + 12345u;
+            val[b] = (char)('a' + (x >> 16) % 26);
+        }
+        val[vlen] = 0;
+        th_kv_resp r;
+        int rc =
+            th_kv_conn_request(&conn[i % via_n], "PUT", key, NULL, val, (size_t)vlen, 10000, &r);
+        TH_CLUSTER_CHECK(&g_c, rc == 0 && r.status >= 200 && r.status < 300, "preload %s: %d %s",
+                         key, r.status, r.body);
+        th_kv_resp_free(&r);
+    }
+    for (int i = 0; i < via_n; i++)
+        th_kv_conn_close(&conn[i]);
+    free(val);
+}
+
+/* Node i's own ring status from GET /v1/cluster/members ("" when unknown). */
+static void self_ring_status(int i, char *out, size_t cap)
+{
+    out[0] = 0;
+    th_resp r;
+    if (th_http(g_c.node[i].port, "GET", "/v1/cluster/members", NULL, 0, &r) != 0)
+        return;
+    /* each member object is ..."ring_status":"X","since":...,"self":B}: take the
+     * ring_status nearest before "self":true */
+    const char *self = r.status == 200 ? strstr(r.body, "\"self\":true") : NULL, *rs = NULL;
+    for (const char *p = r.body; self && (p = strstr(p, "\"ring_status\":\"")) && p < self; p++)
+        rs = p + strlen("\"ring_status\":\"");
+    if (rs) {
+        size_t n = strcspn(rs, "\"");
+        snprintf(out, cap, "%.*s", (int)(n < cap ? n : cap - 1), rs);
+    }
+    th_resp_free(&r);
+}
+
+/* Wait until node i has finished joining: its stream is done and it says normal. */
+static bool wait_joined(int i, int timeout_ms)
+{
+    int64_t deadline = th_now_ms() + timeout_ms;
+    while (th_now_ms() < deadline) {
+        char st[32];
+        self_ring_status(i, st, sizeof st);
+        if (strcmp(st, "normal") == 0 && metric(i, "kv_join_active") == 0)
+            return true;
+        usleep(50000);
+    }
+    return false;
+}
+
+/* ---------- the client under load ---------- */
+
+#define LOAD_KEYS 300
+
+typedef struct load {
+    atomic_int stop;
+    atomic_int nports;
+    int ports[TH_CLUSTER_MAX];
+    long acked[LOAD_KEYS]; /* last acknowledged value of each key, -1 = none */
+    long seq;
+    long ops, writes_ok, writes_failed, reads_ok, reads_failed;
+    char violation[512];
+    char last_failure[512];
+} load;
+
+static load g_load;
+
+static void *load_main(void *arg)
+{
+    load *l = arg;
+    th_kv_conn conn[TH_CLUSTER_MAX];
+    for (int i = 0; i < TH_CLUSTER_MAX; i++)
+        th_kv_conn_init(&conn[i], l->ports[i]);
+    unsigned x = 777;
+    int64_t end = th_now_ms() + 200000; /* bounded whatever happens */
+    while (!atomic_load(&l->stop) && th_now_ms() < end && !l->violation[0]) {
+        x = x * 1103515245u + 12345u;
+        int k = (int)((x >> 8) % LOAD_KEYS),
+            via = (int)((x >> 20) % (unsigned)atomic_load(&l->nports));
+        char key[32], val[32];
+        snprintf(key, sizeof key, "ld/%03d", k);
+        if (conn[via].port != l->ports[via]) { /* a node added since we started */
+            th_kv_conn_close(&conn[via]);
+            th_kv_conn_init(&conn[via], l->ports[via]);
+        }
+        th_kv_resp r;
+        l->ops++;
+        if ((x >> 4) & 1) {
+            long v = ++l->seq;
+            snprintf(val, sizeof val, "%ld", v);
+            int rc = th_kv_conn_request(&conn[via], "PUT", key, NULL, val, strlen(val), 5000, &r);
+            if (rc == 0 && r.status >= 200 && r.status < 300) {
+                l->acked[k] = v;
+                l->writes_ok++;
+            } else {
+                l->writes_failed++;
+                snprintf(l->last_failure, sizeof l->last_failure, "PUT via %d: %d %s",
+                         l->ports[via], r.status, r.body);
+            }
+        } else {
+            long want = l->acked[k];
+            int rc = th_kv_conn_request(&conn[via], "GET", key, NULL, NULL, 0, 5000, &r);
+            if (rc == 0 && r.status == 200) {
+                l->reads_ok++;
+                if (atol(r.body) < want)
+                    snprintf(l->violation, sizeof l->violation,
+                             "GET %s via port %d returned %s after %ld was acknowledged", key,
+                             l->ports[via], r.body, want);
+            } else if (rc == 0 && r.status == 404 && want >= 0) {
+                snprintf(l->violation, sizeof l->violation,
+                         "GET %s via port %d: 404 after %ld was acknowledged", key, l->ports[via],
+                         want);
+            } else if (!(rc == 0 && r.status == 404)) {
+                l->reads_failed++;
+                snprintf(l->last_failure, sizeof l->last_failure, "GET via %d: %d %s",
+                         l->ports[via], r.status, r.body);
+            } else {
+                l->reads_ok++;
+            }
+        }
+        th_kv_resp_free(&r);
+    }
+    for (int i = 0; i < TH_CLUSTER_MAX; i++)
+        th_kv_conn_close(&conn[i]);
+    return NULL;
+}
+
+/* Wait until the load has done `more` further operations (30 s at most). */
+static void load_progress(long more)
+{
+    long target = __atomic_load_n(&g_load.ops, __ATOMIC_RELAXED) + more;
+    int64_t deadline = th_now_ms() + 30000;
+    while (__atomic_load_n(&g_load.ops, __ATOMIC_RELAXED) < target && th_now_ms() < deadline)
+        usleep(10000);
+}
+
+Test(join, nodes_join_under_load_and_every_acknowledged_write_reads_back)
+{
+    th_cluster_init(&g_c, 5);
+    g_c.args = g_args;
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(th_cluster_start_node(&g_c, i), 0, "n%d did not start", i);
+    TH_CLUSTER_CHECK(&g_c, th_cluster_wait_settled(&g_c, 20000) >= 0, "3 nodes did not converge");
+    for (int i = 0; i < 3; i++)
+        cr_assert(wait_joined(i, 15000), "n%d is not normal", i);
+    preload("pre", 2000, 500, 3);
+
+    memset(&g_load, 0, sizeof g_load);
+    for (int i = 0; i < LOAD_KEYS; i++)
+        g_load.acked[i] = -1;
+    for (int i = 0; i < 3; i++)
+        g_load.ports[i] = g_c.node[i].port;
+    atomic_store(&g_load.nports, 3);
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, load_main, &g_load), 0);
+    load_progress(300);
+
+    for (int i = 3; i < 5; i++) {
+        cr_assert_eq(th_cluster_start_node(&g_c, i), 0, "n%d did not start", i);
+        TH_CLUSTER_CHECK(&g_c, wait_joined(i, 60000), "n%d did not finish joining", i);
+        TH_CLUSTER_CHECK(&g_c, metric(i, "kv_join_units") > 0, "n%d streamed nothing", i);
+        TH_CLUSTER_CHECK(&g_c, metric(i, "kv_join_bytes_total") > 0, "n%d streamed no bytes", i);
+        load_progress(200);
+        g_load.ports[i] = g_c.node[i].port; /* clients may now use the new node too */
+        atomic_store(&g_load.nports, i + 1);
+        load_progress(200);
+    }
+    atomic_store(&g_load.stop, 1);
+    pthread_join(th, NULL);
+    TH_CLUSTER_CHECK(&g_c, !g_load.violation[0], "%s", g_load.violation);
+    cr_assert_gt(g_load.writes_ok, 300, "only %ld writes acknowledged", g_load.writes_ok);
+    cr_assert_lt(g_load.writes_failed + g_load.reads_failed, g_load.ops / 20,
+                 "%ld writes and %ld reads failed of %ld (last: %s)", g_load.writes_failed,
+                 g_load.reads_failed, g_load.ops, g_load.last_failure);
+
+    /* Every acknowledged write, and every key loaded before the joins, reads back at
+     * quorum through every node. */
+    for (int via = 0; via < 5; via++) {
+        th_kv_conn c;
+        th_kv_conn_init(&c, g_c.node[via].port);
+        char key[32];
+        for (int k = 0; k < LOAD_KEYS; k++) {
+            if (g_load.acked[k] < 0)
+                continue;
+            snprintf(key, sizeof key, "ld/%03d", k);
+            th_kv_resp r;
+            th_kv_conn_request(&c, "GET", key, NULL, NULL, 0, 5000, &r);
+            TH_CLUSTER_CHECK(&g_c, r.status == 200 && atol(r.body) >= g_load.acked[k],
+                             "%s via n%d: %d %s, acknowledged %ld", key, via, r.status, r.body,
+                             g_load.acked[k]);
+            th_kv_resp_free(&r);
+        }
+        for (int k = 0; k < 2000; k += 7) {
+            snprintf(key, sizeof key, "pre/%05d", k);
+            th_kv_resp r;
+            th_kv_conn_request(&c, "GET", key, NULL, NULL, 0, 5000, &r);
+            TH_CLUSTER_CHECK(&g_c, r.status == 200 && strlen(r.body) == 500, "%s via n%d: %d", key,
+                             via, r.status);
+            th_kv_resp_free(&r);
+        }
+        th_kv_conn_close(&c);
+    }
+}
+
+static const char *const g_slow[] = {"--replication.timeout",
+                                     "2s",
+                                     "--streaming.rate",
+                                     "96KiB",
+                                     "--antientropy.interval",
+                                     "0",
+                                     NULL};
+
+Test(join, a_joining_node_restarted_half_way_resumes)
+{
+    th_cluster_init(&g_c, 4);
+    g_c.args = g_slow;
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(th_cluster_start_node(&g_c, i), 0, "n%d did not start", i);
+    TH_CLUSTER_CHECK(&g_c, th_cluster_wait_settled(&g_c, 20000) >= 0, "3 nodes did not converge");
+    for (int i = 0; i < 3; i++)
+        cr_assert(wait_joined(i, 15000), "n%d is not normal", i);
+    int64_t t0 = th_now_ms();
+    preload("rs", 3000, 1000, 3);
+    int64_t t1 = th_now_ms();
+    cr_assert_eq(th_cluster_start_node(&g_c, 3), 0, "n3 did not start");
+    /* Kill it once a good part of its units are done, but not all. */
+    double units = 0, done = 0;
+    int64_t deadline = th_now_ms() + 60000;
+    while (th_now_ms() < deadline) {
+        units = metric(3, "kv_join_units");
+        done = metric(3, "kv_join_units_done");
+        if (units > 0 && done >= units * 0.4)
+            break;
+        usleep(20000);
+    }
+    TH_CLUSTER_CHECK(&g_c, units > 0 && done >= units * 0.4 && done < units,
+                     "n3 never was part-way (units %g, done %g)", units, done);
+    th_resp d;
+    cr_assert_eq(th_http(g_c.node[3].port, "GET", "/v1/cluster/digest", NULL, 0, &d), 0);
+    cr_assert(strstr(d.body, "\"stream\":{\"joining\":true,"), "digest while joining: %s", d.body);
+    th_resp_free(&d);
+    int64_t t2 = th_now_ms();
+    th_cluster_kill9(&g_c, 3);
+    cr_assert_eq(th_cluster_start_node(&g_c, 3), 0, "n3 did not restart");
+    TH_CLUSTER_CHECK(&g_c, wait_joined(3, 90000), "n3 did not finish joining after the restart");
+    fprintf(stderr, "join resume: preload %lld ms, to the kill %lld ms, after it %lld ms\n",
+            (long long)(t1 - t0), (long long)(t2 - t1), (long long)(th_now_ms() - t2));
+    cr_assert_eq(th_http(g_c.node[3].port, "GET", "/v1/cluster/digest", NULL, 0, &d), 0);
+    cr_assert(strstr(d.body, "\"stream\":{\"joining\":false,"), "digest once normal: %s", d.body);
+    th_resp_free(&d);
+    double resumed = metric(3, "kv_join_units_resumed");
+    double total = metric(3, "kv_join_bytes_total");
+    double sent = 0;
+    for (int i = 0; i < 3; i++)
+        sent += metric(i, "kv_sync_raw_bytes_sent_total");
+    TH_CLUSTER_CHECK(&g_c, resumed >= done * 0.9, "resumed %g units, %g were done before the kill",
+                     resumed, done);
+    TH_CLUSTER_CHECK(&g_c, sent <= total * 1.25,
+                     "the sources sent %g bytes for a join of %g: the stream restarted", sent,
+                     total);
+    /* its data is all there: every key reads back through it at quorum */
+    th_kv_conn c;
+    th_kv_conn_init(&c, g_c.node[3].port);
+    for (int k = 0; k < 3000; k += 3) {
+        char key[32];
+        snprintf(key, sizeof key, "rs/%05d", k);
+        th_kv_resp r;
+        th_kv_conn_request(&c, "GET", key, "r=3", NULL, 0, 5000, &r);
+        TH_CLUSTER_CHECK(&g_c, r.status == 200 && strlen(r.body) == 1000, "%s via n3: %d", key,
+                         r.status);
+        th_kv_resp_free(&r);
+    }
+    th_kv_conn_close(&c);
+    fprintf(stderr, "join resume: reads done at %lld ms\n", (long long)(th_now_ms() - t0));
+}
