@@ -125,6 +125,9 @@ int kv_client_set_quorum(kv_client *c, const kv_client_quorum *q);
  */
 int kv_client_raw_get(kv_client *c, const char *path, int *status, char **body, size_t *blen);
 
+/* As kv_client_raw_get, with POST and no body (e.g. "/v1/cluster/leave"). */
+int kv_client_raw_post(kv_client *c, const char *path, int *status, char **body, size_t *blen);
+
 /* ---- key listing: GET /v1/kv?prefix=&limit=&cursor= ---- */
 
 #define KV_CLIENT_LIST_MAX_LIMIT 1000       /* keys per page, at most (the server's bound) */

@@ -82,6 +82,7 @@ static int cmd_members(cli_ctx *x);
 static int cmd_list(cli_ctx *x);
 static int cmd_ring(cli_ctx *x);
 static int cmd_status(cli_ctx *x);
+static int cmd_leave(cli_ctx *x);
 
 static const cli_cmd cli_cmds[] = {
     {"get", "KEY", "print the value stored under KEY",
@@ -146,6 +147,13 @@ static const cli_cmd cli_cmds[] = {
      "\"http\":..,\"keys\":..,\"tombstones\":..,\"live_bytes\":..,\"disk_bytes\":..,\n"
      "\"digest\":..,\"error\":..},..]} (null where a member did not answer).\n",
      CLI_F_JSON, 0, 0, cmd_status},
+    {"leave", "", "make the server's node leave the cluster, handing its data over first",
+     "The node (the one --server names) turns `leaving`: it keeps serving while it asks\n"
+     "the members that gain its ranges to stream them from it, then leaves the cluster\n"
+     "and exits. Returns at once (exit 0); follow it with `%s status` or the node's log.\n"
+     "Exit 1 when the node is still joining (it can leave once normal), 4 when it is\n"
+     "not ready. With --json: the server's answer, {\"status\":\"leaving\",..}.\n",
+     CLI_F_JSON, 0, 0, cmd_leave},
 };
 
 #define CLI_NCMDS (sizeof(cli_cmds) / sizeof(cli_cmds[0]))
@@ -791,6 +799,27 @@ static int cmd_status(cli_ctx *x)
     int rc = cli_status_run(x->client, &opts, x->a.json, stdout, msg, sizeof(msg));
     if (rc != KV_OK)
         return fail(x, NULL, rc, msg[0] ? msg : NULL);
+    return finish(x, NULL);
+}
+
+static int cmd_leave(cli_ctx *x)
+{
+    int status = 0;
+    char *body = NULL;
+    size_t blen = 0;
+    int rc = kv_client_raw_post(x->client, "/v1/cluster/leave", &status, &body, &blen);
+    if (rc != KV_OK)
+        return fail(x, NULL, rc, NULL);
+    if (status != 202) {
+        free(body);
+        return fail(x, NULL, status == 503 ? KV_EUNAVAIL : KV_ESERVER, NULL);
+    }
+    if (x->a.json)
+        printf("%s\n", body);
+    else
+        printf("%s is leaving: its ranges go to their new owners first, then it exits\n",
+               x->cfg->client_server_url);
+    free(body);
     return finish(x, NULL);
 }
 

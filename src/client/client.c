@@ -712,7 +712,21 @@ int kv_client_set_quorum(kv_client *c, const kv_client_quorum *q)
     return KV_OK;
 }
 
+static int raw_request(kv_client *c, const char *method, const char *path, int *status, char **body,
+                       size_t *blen);
+
 int kv_client_raw_get(kv_client *c, const char *path, int *status, char **body, size_t *blen)
+{
+    return raw_request(c, "GET", path, status, body, blen);
+}
+
+int kv_client_raw_post(kv_client *c, const char *path, int *status, char **body, size_t *blen)
+{
+    return raw_request(c, "POST", path, status, body, blen);
+}
+
+static int raw_request(kv_client *c, const char *method, const char *path, int *status, char **body,
+                       size_t *blen)
 {
     if (!c || !path || !status || !body)
         return KV_EINVAL;
@@ -724,7 +738,7 @@ int kv_client_raw_get(kv_client *c, const char *path, int *status, char **body, 
             return err_set(c, KV_EINVAL, "path contains a space or control character");
     kvc_resp r;
     memset(&r, 0, sizeof(r));
-    int rc = do_request(c, "GET", path, NULL, 0, false, &r);
+    int rc = do_request(c, method, path, NULL, 0, false, &r);
     if (rc != KV_OK) {
         kv_buf_free(&r.body);
         return rc;

@@ -130,6 +130,9 @@ static const cfg_key keytab[] = {
     {.name = "cluster.pushpull_interval", .type = T_DURATION, .def = "30s", .min = 0,
      .max = 24 * MS_H, AT(cluster_pushpull_interval_ms),
      .help = "full membership sync with one random member this often (0 = off)"},
+    {.name = "cluster.leave_drain", .type = T_BOOL, .def = "false", .alias = "drain",
+     AT(cluster_leave_drain),
+     .help = "on SIGTERM, hand this node's ranges to their new owners before leaving (as kvtool leave); a second SIGTERM stops at once"},
     {.name = "cluster.leave_timeout", .type = T_DURATION, .def = "2s", .min = 0, .max = MS_MIN,
      AT(cluster_leave_timeout_ms),
      .help = "on SIGTERM, wait at most this long for the leave to reach other members"},
@@ -1057,8 +1060,12 @@ int kv_config_parse_args(int argc, char **argv, kv_cfg_args *args, char **rest, 
         char flag[80];
         snprintf(flag, sizeof(flag), "--%.*s", (int)(nlen < 70 ? nlen : 70), name);
         const char *value;
+        uint64_t b;
         if (eq) {
             value = eq + 1;
+        } else if (idx >= 0 && keytab[idx].type == T_BOOL &&
+                   (i + 1 >= argc || !parse_bool(argv[i + 1], &b))) {
+            value = "true"; /* a bare boolean flag: --drain */
         } else if (i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0) {
             value = argv[++i];
         } else if (is_config) {

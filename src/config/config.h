@@ -78,6 +78,7 @@ typedef struct kv_config {
     /* ring.* */
     int ring_tokens; /* virtual nodes per member */
     /* antientropy.*, streaming.* */
+    bool cluster_leave_drain;         /* SIGTERM hands our ranges over first */
     uint64_t antientropy_interval_ms; /* between two tree comparisons; 0 = off */
     uint64_t antientropy_gc_grace_ms; /* tombstones younger than this are never purged */
     uint64_t streaming_rate;          /* bytes/s sent for pulls; 0 = unlimited */

@@ -305,13 +305,10 @@ static void finish(kv_join *j)
     j->env.set_normal(j->env.arg);
 }
 
-static void on_unit_done(void *arg, int status)
+static void on_unit_done(void *arg, int status, uint64_t raw, uint64_t recs)
 {
     join_unit *u = arg;
     kv_join *j = u->j;
-    uint64_t raw = 0, recs = 0;
-    if (u->pull)
-        kv_sync_pull_progress(u->pull, &raw, &recs);
     u->pull = NULL;
     u->running = false;
     j->running--;

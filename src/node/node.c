@@ -306,6 +306,33 @@ static void respond_digest(kv_node *n, kv_http_req *req)
     respond_json(req, 200, body);
 }
 
+static void node_shutdown(kv_node *n, const char *why);
+static int node_start_leave(kv_node *n);
+
+/* POST /v1/cluster/leave: hand our ranges over, leave, exit (node/leave.h). */
+static void handle_leave(kv_node *n, kv_http_req *req)
+{
+    if (n->state != NODE_SERVING || !n->repl) {
+        kv_http_respond_problem(req, 503, "not_ready",
+                                n->state == NODE_SHUTTING_DOWN ? "the node is shutting down"
+                                                               : "the node is starting");
+        return;
+    }
+    int rc = kv_repl_leaving(n->repl) ? KV_EEXIST : node_start_leave(n);
+    if (rc == KV_EUNAVAIL) {
+        kv_http_respond_problem(req, 409, "joining",
+                                "the node is still joining: it can leave once it is normal");
+        return;
+    }
+    if (rc != KV_OK && rc != KV_EEXIST) {
+        kv_http_respond_problem(req, 500, "internal", kv_strerror(rc));
+        return;
+    }
+    respond_json(req, 202,
+                 "{\"status\":\"leaving\",\"detail\":\"handing its ranges to their new "
+                 "owners; the node leaves the cluster and exits when they have them\"}");
+}
+
 static void handle_request(kv_http_req *req, void *arg)
 {
     kv_node *n = arg;
@@ -372,6 +399,14 @@ static void handle_request(kv_http_req *req, void *arg)
                             out.len);
         }
         kv_buf_free(&out);
+        return;
+    }
+    if (strcmp(p, "/v1/cluster/leave") == 0) {
+        req->route = "cluster_leave";
+        if (req->method != HTTP_POST)
+            respond_method_not_allowed(req, "POST");
+        else
+            handle_leave(n, req);
         return;
     }
     if (strcmp(p, "/v1/cluster/digest") == 0) {
@@ -461,6 +496,35 @@ static void on_http_closed(void *arg)
     shutdown_step(n);
 }
 
+/* Stop: leave the cluster (bounded by cluster.leave_timeout) while in-flight requests
+ * drain, then close replication, membership and the store. */
+static void node_shutdown(kv_node *n, const char *why)
+{
+    n->state = NODE_SHUTTING_DOWN;
+    kv_log_info("shutting down", KV_STR("reason", why),
+                KV_UINT("in_flight", kv_http_server_inflight(n->http)));
+    /* Tell the cluster first (bounded by cluster.leave_timeout) so that others mark us
+     * `left` rather than finding us dead, while in-flight requests drain. */
+    n->shutdown_waits = 2;
+    kv_membership_leave(n->memb, on_left, n);
+    kv_http_server_close(n->http, on_http_closed, n);
+}
+
+static void on_handed_over(void *arg)
+{
+    kv_node *n = arg;
+    if (n->state == NODE_SERVING)
+        node_shutdown(n, "left the cluster: every range handed over");
+}
+
+static int node_start_leave(kv_node *n)
+{
+    int rc = kv_repl_leave(n->repl, on_handed_over, n);
+    if (rc == KV_OK)
+        kv_log_info("leaving the cluster: handing our ranges over first");
+    return rc;
+}
+
 static void on_signal(uv_signal_t *h, int signum)
 {
     kv_node *n = h->data;
@@ -469,14 +533,16 @@ static void on_signal(uv_signal_t *h, int signum)
                     KV_STR("signal", strsignal(signum)));
         _exit(1);
     }
-    n->state = NODE_SHUTTING_DOWN;
-    kv_log_info("shutting down", KV_STR("signal", strsignal(signum)),
-                KV_UINT("in_flight", kv_http_server_inflight(n->http)));
-    /* Tell the cluster first (bounded by cluster.leave_timeout) so that others mark us
-     * `left` rather than finding us dead, while in-flight requests drain. */
-    n->shutdown_waits = 2;
-    kv_membership_leave(n->memb, on_left, n);
-    kv_http_server_close(n->http, on_http_closed, n);
+    /* cluster.leave_drain: the first SIGTERM hands our ranges over before stopping; a
+     * second one (or SIGINT) stops at once. */
+    if (signum == SIGTERM && n->cfg->cluster_leave_drain && n->state == NODE_SERVING &&
+        !kv_repl_leaving(n->repl)) {
+        int rc = node_start_leave(n);
+        if (rc == KV_OK)
+            return;
+        kv_log_warn("cannot hand our ranges over before stopping", KV_ERR(rc));
+    }
+    node_shutdown(n, strsignal(signum));
 }
 
 int kv_node_main(const kv_config *cfg)

@@ -26,6 +26,7 @@
  */
 #include "node/replication.h"
 #include "node/join.h"
+#include "node/leave.h"
 #include "node/sync.h"
 
 #include "common/buf.h"
@@ -119,8 +120,11 @@ struct kv_repl {
     uint64_t prev_until; /* ms (loop clock) */
     kv_coord *coord;
     kv_hints *hints;
-    kv_sync *sync; /* anti-entropy and range pulls */
-    kv_join *join; /* while joining: streaming our ranges */
+    kv_sync *sync;   /* anti-entropy and range pulls */
+    kv_join *join;   /* while joining: streaming our ranges */
+    kv_leave *leave; /* while leaving: handing our ranges over */
+    void (*left_cb)(void *);
+    void *left_arg;
     uv_timer_t coord_timer;
     uv_prepare_t prep;
     uv_idle_t scan_idle;
@@ -607,11 +611,16 @@ static void on_repl_recv(void *arg, const uint8_t *data, size_t len)
             list_on_answer(r, m->req_id, &r->rx.from_id, m->items, m->n_items, m->truncated,
                            m->status == KV_REPL_OK);
             break;
+        case KV_REPL_STREAM_DONE:
+            if (r->leave)
+                kv_leave_on_done(r->leave, &r->rx.from_id, m);
+            break;
         case KV_REPL_TREE:
         case KV_REPL_TREE_ACK:
         case KV_REPL_PULL:
         case KV_REPL_PULL_DATA:
         case KV_REPL_PURGE:
+        case KV_REPL_STREAM:
             if (r->sync)
                 kv_sync_on_msg(r->sync, &r->rx.from_id, from, m);
             break;
@@ -926,6 +935,8 @@ static void on_members_changed(void *arg)
     prune_peers(r);
     if (r->join)
         kv_join_update(r->join);
+    if (r->leave)
+        kv_leave_update(r->leave);
     repl_drain(r);
 }
 
@@ -1402,6 +1413,8 @@ void kv_repl_publish_metrics(kv_repl *r)
         kv_sync_publish_metrics(r->sync);
     if (r->join)
         kv_join_publish_metrics(r->join);
+    if (r->leave)
+        kv_leave_publish_metrics(r->leave);
     if (r->coord) {
         kv_coord_stats cs;
         kv_coord_get_stats(r->coord, &cs);
@@ -1520,6 +1533,54 @@ static void join_set_normal(void *arg)
 void kv_repl_join_progress(kv_repl *r, struct kv_join_progress *out)
 {
     kv_join_get_progress(r->join, out);
+}
+
+/* Every range is handed over: tell the node (which then leaves for good and exits). */
+static void leave_done(void *arg)
+{
+    kv_repl *r = arg;
+    if (r->left_cb)
+        r->left_cb(r->left_arg);
+}
+
+int kv_repl_leave(kv_repl *r, void (*done)(void *arg), void *arg)
+{
+    if (r->closing)
+        return KV_ECLOSED;
+    if (r->leave)
+        return KV_EEXIST;
+    if (r->join && kv_join_active(r->join))
+        return KV_EUNAVAIL;
+    kv_leave_env le = {.read_ring = sync_ring,
+                       .write_ring = join_write_ring,
+                       .addr_of = sync_addr_of,
+                       .alive = sync_alive,
+                       .send = sync_send,
+                       .done = leave_done,
+                       .arg = r};
+    int rc = kv_leave_start(&r->leave, r->loop, r->cfg, r->metrics, &r->self, &le);
+    if (rc != KV_OK)
+        return rc;
+    r->left_cb = done;
+    r->left_arg = arg;
+    rc = kv_membership_set_ring(r->memb, SWIM_RING_LEAVING);
+    if (rc != KV_OK)
+        return rc;
+    on_members_changed(r); /* rebuilds the rings, then plans the hand-over */
+    return KV_OK;
+}
+
+bool kv_repl_leaving(kv_repl *r)
+{
+    return r->leave != NULL;
+}
+
+static void on_leave_closed(void *arg)
+{
+    kv_repl *r = arg;
+    r->leave = NULL;
+    r->pending--;
+    repl_maybe_closed(r);
 }
 
 static void on_join_closed(void *arg)
@@ -1698,6 +1759,10 @@ void kv_repl_close(kv_repl *r, void (*done)(void *arg), void *arg)
     if (r->join) { /* first: it cancels its pulls */
         r->pending++;
         kv_join_close(r->join, on_join_closed, r);
+    }
+    if (r->leave) {
+        r->pending++;
+        kv_leave_close(r->leave, on_leave_closed, r);
     }
     if (r->sync) {
         r->pending++;

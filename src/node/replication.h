@@ -28,6 +28,15 @@ typedef struct kv_repl kv_repl;
 int kv_repl_start(kv_repl **out, uv_loop_t *loop, const kv_config *cfg, kv_store *store,
                   kv_membership *memb, uint32_t node_id, kv_metrics *metrics, bool joining);
 
+/*
+ * Leave the cluster with our data (node/leave.h): announce ring status `leaving`, hand
+ * every range over to the members that gain it, then done(arg) — the caller then leaves
+ * for good (kv_membership_leave) and stops. KV_OK; KV_EEXIST when already leaving;
+ * KV_EUNAVAIL while still joining; KV_ECLOSED while closing.
+ */
+int kv_repl_leave(kv_repl *r, void (*done)(void *arg), void *arg);
+bool kv_repl_leaving(kv_repl *r);
+
 /* The join's progress (all zero when the node is not joining). */
 struct kv_join_progress;
 void kv_repl_join_progress(kv_repl *r, struct kv_join_progress *out);

@@ -205,6 +205,21 @@ struct kv_sync_pull {
 };
 typedef struct kv_sync_pull sync_pull;
 
+/* A hand-over a leaving member asked of us (STREAM): pull its ranges from it, then say
+ * so (STREAM_DONE). Kept a while after it ended, so that a repeated request is answered
+ * rather than pulled again. */
+typedef struct sync_job {
+    struct sync_job *next;
+    kv_sync *s;
+    char from[SWIM_ADDR_MAX + 1];
+    uint64_t req_id;
+    kv_sync_pull *pull; /* NULL once ended */
+    int status;
+    uint64_t ended_ms;
+} sync_job;
+
+#define SYNC_JOB_KEEP_MS 60000
+
 typedef enum ae_step { AE_IDLE, AE_TOP, AE_LEAVES, AE_HAVE, AE_PULL } ae_step;
 
 typedef struct ae_have {
@@ -251,6 +266,7 @@ struct kv_sync {
     sync_pull *ae_pull; /* the round's pull, in pulls too */
     uint64_t round_started, round_applied;
     sync_pull *pulls;      /* every pull in progress */
+    sync_job *jobs;        /* hand-overs asked of us */
     uv_timer_t pull_timer; /* their answer deadlines */
 
     sync_conf *confs;
@@ -276,7 +292,7 @@ struct kv_sync {
         uint64_t rounds_in_sync, rounds_repaired, rounds_failed, leaves_differing;
         uint64_t applied, stale, apply_errors, bad_chunks, bytes_in, raw_in;
         uint64_t bytes_out, raw_out, chunks_out, serves_started, serves_refused, serves_dropped;
-        uint64_t purged, purge_sent, purge_recv, gc_walks;
+        uint64_t purged, purge_sent, purge_recv, gc_walks, handovers;
     } st;
 };
 
@@ -537,7 +553,7 @@ static void serve_step(kv_sync *s, sync_serve *v)
 
 static void round_end(kv_sync *s, bool ok);
 static void round_next_pull(kv_sync *s);
-static void on_ae_pull_done(void *arg, int status);
+static void on_ae_pull_done(void *arg, int status, uint64_t raw, uint64_t records);
 static void await(kv_sync *s);
 
 /* Send a request of the round and wait for its answer; a send refused ends the round. */
@@ -568,6 +584,7 @@ static void pull_finish(sync_pull *p, int status, bool notify)
         }
     kv_sync_pull_cb cb = notify ? p->cb : NULL;
     void *arg = p->arg;
+    uint64_t raw = p->raw, records = p->records;
     if (p->applying) {
         p->dead = true;
         s->dead_pulls++;
@@ -575,7 +592,7 @@ static void pull_finish(sync_pull *p, int status, bool notify)
         pull_free(p);
     }
     if (cb)
-        cb(arg, status);
+        cb(arg, status, raw, records);
 }
 
 /* Ask for chunk p->seq. KV_OK, or the send's error (the caller ends the pull). */
@@ -625,12 +642,6 @@ void kv_sync_pull_cancel(kv_sync_pull *p)
 {
     if (p)
         pull_finish(p, KV_ECLOSED, false);
-}
-
-void kv_sync_pull_progress(const kv_sync_pull *p, uint64_t *raw_bytes, uint64_t *records)
-{
-    *raw_bytes = p->raw;
-    *records = p->records;
 }
 
 static void on_pull_timer(uv_timer_t *t)
@@ -1238,8 +1249,10 @@ static void round_next_pull(kv_sync *s)
 }
 
 /* The round's pull of one group of leaves is over. */
-static void on_ae_pull_done(void *arg, int status)
+static void on_ae_pull_done(void *arg, int status, uint64_t raw, uint64_t records)
 {
+    (void)raw;
+    (void)records;
     kv_sync *s = arg;
     s->ae_pull = NULL;
     if (status == KV_OK)
@@ -1302,6 +1315,66 @@ static void pump_start(kv_sync *s)
     uv_idle_start(&s->pump, on_pump);
 }
 
+/* ---------- hand-overs asked by leaving members ---------- */
+
+static void job_answer(kv_sync *s, sync_job *j)
+{
+    kv_repl_msg d = {.type = KV_REPL_STREAM_DONE,
+                     .req_id = j->req_id,
+                     .status = j->status == KV_OK ? KV_REPL_OK : KV_REPL_ERROR};
+    s->env.send(s->env.arg, j->from, &d);
+}
+
+static void on_job_pulled(void *arg, int status, uint64_t raw, uint64_t records)
+{
+    (void)raw;
+    sync_job *j = arg;
+    j->pull = NULL;
+    j->status = status;
+    j->ended_ms = now_ms(j->s);
+    j->s->st.handovers++;
+    kv_log_info("took over ranges from a leaving member", KV_STR("member", j->from), KV_ERR(status),
+                KV_UINT("records", records));
+    job_answer(j->s, j);
+}
+
+static void on_stream(kv_sync *s, const char *from, const kv_repl_msg *m)
+{
+    uint64_t now = now_ms(s);
+    for (sync_job **pp = &s->jobs; *pp;) { /* forget old ended ones */
+        sync_job *j = *pp;
+        if (!j->pull && now - j->ended_ms > SYNC_JOB_KEEP_MS) {
+            *pp = j->next;
+            free(j);
+        } else {
+            pp = &j->next;
+        }
+    }
+    for (sync_job *j = s->jobs; j; j = j->next)
+        if (j->req_id == m->req_id && strcmp(j->from, from) == 0) {
+            if (!j->pull) /* ended: say so again */
+                job_answer(s, j);
+            return;
+        }
+    sync_job *j = calloc(1, sizeof(*j));
+    if (!j)
+        return; /* the leaving member asks again */
+    j->s = s;
+    snprintf(j->from, sizeof(j->from), "%s", from);
+    j->req_id = m->req_id;
+    j->pull = kv_sync_pull_start(s, from, m->ranges, m->n_ranges, on_job_pulled, j);
+    j->next = s->jobs;
+    s->jobs = j;
+    if (!j->pull) {
+        j->status = KV_ENOMEM;
+        j->ended_ms = now;
+        job_answer(s, j);
+    } else {
+        kv_log_info("taking over ranges from a leaving member", KV_STR("member", from),
+                    KV_UINT("ranges", m->n_ranges));
+    }
+}
+
 /* ---------- entry points ---------- */
 
 void kv_sync_on_msg(kv_sync *s, const swim_member_id *from_id, const char *from,
@@ -1321,6 +1394,9 @@ void kv_sync_on_msg(kv_sync *s, const swim_member_id *from_id, const char *from,
         return;
     case KV_REPL_PURGE:
         on_purge(s, m);
+        return;
+    case KV_REPL_STREAM:
+        on_stream(s, from, m);
         return;
     case KV_REPL_TREE_ACK:
         break;
@@ -1397,6 +1473,9 @@ void kv_sync_publish_metrics(kv_sync *s)
     kv_metrics_counter_set(mx, "kv_sync_tombstones_purged_total",
                            "Tombstones purged after every replica was seen holding them.",
                            s->st.purged);
+    kv_metrics_counter_set(mx, "kv_sync_handovers_total",
+                           "Range hand-overs from leaving members pulled (ended, any result).",
+                           s->st.handovers);
     kv_metrics_counter_set(mx, "kv_sync_purge_walks_total",
                            "Walks of the store looking for tombstones old enough to purge.",
                            s->st.gc_walks);
@@ -1419,6 +1498,11 @@ void kv_sync_close(kv_sync *s, void (*done)(void *arg), void *arg)
     round_reset(s);
     while (s->pulls) /* their owners are closed already: no callbacks */
         kv_sync_pull_cancel(s->pulls);
+    while (s->jobs) {
+        sync_job *j = s->jobs;
+        s->jobs = j->next;
+        free(j);
+    }
     while (s->serves)
         serve_free(s, s->serves);
     s->pending = 4 + s->dead_pulls;

@@ -65,16 +65,15 @@ void kv_sync_on_msg(kv_sync *s, const swim_member_id *from_id, const char *from,
  * (store_apply: only newer versions) before the next is asked for. cb(arg, status) once
  * at the end: KV_OK when the last chunk is applied; KV_ETIMEDOUT (no answer within a few
  * seconds plus what streaming.rate implies), KV_EUNAVAIL (the peer refused or restarted),
- * KV_ECORRUPT (a malformed chunk). NULL when it cannot start (closing, out of memory). The
- * handle is valid until cb runs or kv_sync_pull_cancel (no callback after that).
+ * KV_ECORRUPT (a malformed chunk); with the raw (uncompressed) chunk bytes and records
+ * received. NULL when it cannot start (closing, out of memory). The handle is valid until
+ * cb runs or kv_sync_pull_cancel (no callback after that).
  */
 typedef struct kv_sync_pull kv_sync_pull;
-typedef void (*kv_sync_pull_cb)(void *arg, int status);
+typedef void (*kv_sync_pull_cb)(void *arg, int status, uint64_t raw_bytes, uint64_t records);
 kv_sync_pull *kv_sync_pull_start(kv_sync *s, const char *addr, const uint8_t *pairs, size_t n_pairs,
                                  kv_sync_pull_cb cb, void *arg);
 void kv_sync_pull_cancel(kv_sync_pull *p);
-/* Raw (uncompressed) chunk bytes and records received so far. */
-void kv_sync_pull_progress(const kv_sync_pull *p, uint64_t *raw_bytes, uint64_t *records);
 
 /* Write the anti-entropy and streaming counters into the metrics registry. */
 void kv_sync_publish_metrics(kv_sync *s);

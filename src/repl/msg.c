@@ -28,9 +28,10 @@
 
 /* Fields of each message type, type and req_id included (indexed by kv_repl_type). */
 static const uint8_t repl_fields[] = {
-    [KV_REPL_WRITE] = 9, [KV_REPL_WRITE_ACK] = 5, [KV_REPL_READ] = 3,  [KV_REPL_READ_ACK] = 8,
-    [KV_REPL_LIST] = 7,  [KV_REPL_LIST_ACK] = 5,  [KV_REPL_TREE] = 5,  [KV_REPL_TREE_ACK] = 4,
-    [KV_REPL_PULL] = 5,  [KV_REPL_PULL_DATA] = 7, [KV_REPL_PURGE] = 5,
+    [KV_REPL_WRITE] = 9,       [KV_REPL_WRITE_ACK] = 5, [KV_REPL_READ] = 3,  [KV_REPL_READ_ACK] = 8,
+    [KV_REPL_LIST] = 7,        [KV_REPL_LIST_ACK] = 5,  [KV_REPL_TREE] = 5,  [KV_REPL_TREE_ACK] = 4,
+    [KV_REPL_PULL] = 5,        [KV_REPL_PULL_DATA] = 7, [KV_REPL_PURGE] = 5, [KV_REPL_STREAM] = 3,
+    [KV_REPL_STREAM_DONE] = 3,
 };
 #define REPL_BATCH_FIELDS 4
 #define REPL_ITEM_FIELDS  5
@@ -56,7 +57,7 @@ static const uint8_t repl_fields[] = {
 
 static bool repl_type_ok(uint64_t t)
 {
-    return t >= KV_REPL_WRITE && t <= KV_REPL_PURGE;
+    return t >= KV_REPL_WRITE && t <= KV_REPL_STREAM_DONE;
 }
 
 /* ---------- sizes ---------- */
@@ -130,6 +131,12 @@ size_t kv_repl_msg_wire_bound(const kv_repl_msg *m)
     case KV_REPL_PULL:
         n += repl_head_len(m->seq) + repl_str_len(m->n_ranges * REPL_RANGE_BYTES) +
              repl_str_len(m->n_u64s * REPL_U64_BYTES);
+        break;
+    case KV_REPL_STREAM:
+        n += repl_str_len(m->n_ranges * REPL_RANGE_BYTES);
+        break;
+    case KV_REPL_STREAM_DONE:
+        n += repl_head_len((uint64_t)m->status);
         break;
     case KV_REPL_PULL_DATA:
         n += repl_head_len((uint64_t)m->status) + repl_head_len(m->seq) + 1 +
@@ -241,7 +248,10 @@ static bool repl_msg_valid(const kv_repl_msg *m)
     case KV_REPL_TREE_ACK:
         return m->n_u64s <= KV_REPL_U64S_MAX && (m->u64s || m->n_u64s == 0);
     case KV_REPL_PULL:
+    case KV_REPL_STREAM:
         return repl_packed_ok(m);
+    case KV_REPL_STREAM_DONE:
+        return true;
     case KV_REPL_PULL_DATA:
         return m->vlen <= KV_REPL_VALUE_MAX && (m->value || m->vlen == 0) &&
                m->raw_len <= REPL_RAW_MAX;
@@ -333,6 +343,12 @@ int kv_repl_batch_add(kv_repl_batch_w *b, const kv_repl_msg *m)
         kv_cbor_put_uint(&w, m->seq);
         kv_cbor_put_bytes(&w, m->ranges, m->n_ranges * REPL_RANGE_BYTES);
         kv_cbor_put_bytes(&w, m->u64s, m->n_u64s * REPL_U64_BYTES);
+        break;
+    case KV_REPL_STREAM:
+        kv_cbor_put_bytes(&w, m->ranges, m->n_ranges * REPL_RANGE_BYTES);
+        break;
+    case KV_REPL_STREAM_DONE:
+        kv_cbor_put_uint(&w, (uint64_t)m->status);
         break;
     case KV_REPL_PULL_DATA:
         kv_cbor_put_uint(&w, (uint64_t)m->status);
@@ -649,6 +665,14 @@ static int repl_get_msg(repl_dec *d, kv_repl_msg *m)
         break;
     case KV_REPL_PULL_DATA:
         if (repl_get_pull_data(d, m))
+            return KV_ECORRUPT;
+        break;
+    case KV_REPL_STREAM:
+        if (repl_get_ranges(d, m))
+            return KV_ECORRUPT;
+        break;
+    case KV_REPL_STREAM_DONE:
+        if (repl_get_status(d, &m->status))
             return KV_ECORRUPT;
         break;
     }

@@ -23,6 +23,8 @@
  *   PULL       [9, req_id, seq, ranges, have]
  *   PULL_DATA  [10, req_id, status, seq, last, raw_len, payload]
  *   PURGE      [11, req_id, key, ts, node]
+ *   STREAM     [12, req_id, ranges]
+ *   STREAM_DONE [13, req_id, status]
  *
  * Anti-entropy and streaming (DESIGN §11; src/node/sync.c):
  *   TREE asks a replica for its anti-entropy tree (src/ae/merkle.h) restricted to hash
@@ -39,6 +41,9 @@
  *   PURGE tells a replica of key that the sender purged its tombstone at version (ts,
  *   node) after seeing every replica hold it (src/node/sync.c): the receiver may forget
  *   its own tombstone if it is not newer (store_purge). No answer.
+ *   STREAM asks a member to pull `ranges` from the sender (a leaving node hands its
+ *   ranges to their new owners: node/leave.c); STREAM_DONE answers once that pull ended,
+ *   status KV_REPL_OK when every record was applied, KV_REPL_ERROR otherwise.
  * ranges, nodes, sums and have are byte strings of packed big-endian u64 values (ranges:
  * lo, hi pairs, [lo, hi) as in store_range), read with kv_repl_u64_at.
  *
@@ -90,6 +95,8 @@ typedef enum kv_repl_type {
     KV_REPL_PULL = 9,
     KV_REPL_PULL_DATA = 10,
     KV_REPL_PURGE = 11,
+    KV_REPL_STREAM = 12,
+    KV_REPL_STREAM_DONE = 13,
 } kv_repl_type;
 
 /* Answer status. */

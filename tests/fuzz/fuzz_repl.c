@@ -35,7 +35,7 @@ static void check_bounds(const kv_repl_batch *b, const uint8_t *data, size_t len
     FZ_CHECK(strlen(b->from_addr) <= SWIM_ADDR_MAX, "from_addr bound");
     for (uint32_t i = 0; i < b->n_msgs; i++) {
         const kv_repl_msg *m = &b->msgs[i];
-        FZ_CHECK(m->type >= KV_REPL_WRITE && m->type <= KV_REPL_PURGE, "type");
+        FZ_CHECK(m->type >= KV_REPL_WRITE && m->type <= KV_REPL_STREAM_DONE, "type");
         FZ_CHECK((unsigned)m->status <= KV_REPL_NOSPACE, "status");
         FZ_CHECK(m->klen <= KV_REPL_KEY_MAX && inside(m->key, m->klen, data, len), "key");
         FZ_CHECK(

@@ -328,3 +328,79 @@ Test(join, a_joining_node_restarted_half_way_resumes)
     th_kv_conn_close(&c);
     fprintf(stderr, "join resume: reads done at %lld ms\n", (long long)(th_now_ms() - t0));
 }
+
+/* Start the load client on nodes [0, n) (every node given). */
+static pthread_t load_start(const int *nodes, int n)
+{
+    memset(&g_load, 0, sizeof g_load);
+    for (int i = 0; i < LOAD_KEYS; i++)
+        g_load.acked[i] = -1;
+    for (int i = 0; i < n; i++)
+        g_load.ports[i] = g_c.node[nodes[i]].port;
+    atomic_store(&g_load.nports, n);
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, load_main, &g_load), 0);
+    return th;
+}
+
+Test(join, a_node_leaves_under_load_after_handing_its_ranges_over)
+{
+    th_cluster_init(&g_c, 4);
+    g_c.args = g_args;
+    cr_assert_eq(th_cluster_start(&g_c, 30000), 0, "4 nodes did not start");
+    preload("lv", 2000, 500, 4);
+
+    /* the client uses n0, n2 and n3; n1 leaves */
+    pthread_t th = load_start((const int[]){0, 2, 3}, 3);
+    load_progress(300);
+    th_resp r;
+    cr_assert_eq(th_http(g_c.node[1].port, "POST", "/v1/cluster/leave", NULL, 0, &r), 0);
+    TH_CLUSTER_CHECK(&g_c, r.status == 202 && strstr(r.body, "\"status\":\"leaving\""),
+                     "POST /v1/cluster/leave: %d %s", r.status, r.body);
+    th_resp_free(&r);
+    /* it hands its ranges over, leaves and exits 0 by itself */
+    TH_CLUSTER_CHECK(&g_c, th_node_wait_exit(&g_c.node[1], 60000), "n1 did not exit");
+    cr_assert_eq(g_c.node[1].exit_status, 0, "n1 exited with %d", g_c.node[1].exit_status);
+    load_progress(300);
+    atomic_store(&g_load.stop, 1);
+    pthread_join(th, NULL);
+    TH_CLUSTER_CHECK(&g_c, !g_load.violation[0], "%s", g_load.violation);
+    cr_assert_gt(g_load.writes_ok, 300, "only %ld writes acknowledged", g_load.writes_ok);
+    cr_assert_lt(g_load.writes_failed + g_load.reads_failed, g_load.ops / 20,
+                 "%ld writes and %ld reads failed of %ld (last: %s)", g_load.writes_failed,
+                 g_load.reads_failed, g_load.ops, g_load.last_failure);
+    /* the others see it left, took over ranges from it, and still have everything */
+    TH_CLUSTER_CHECK(&g_c, th_cluster_wait_settled(&g_c, 15000) >= 0, "n1 not seen left");
+    double handovers = 0;
+    for (int i = 0; i < 4; i++)
+        if (i != 1)
+            handovers += metric(i, "kv_sync_handovers_total");
+    cr_assert_gt(handovers, 0, "nobody took ranges over from n1");
+    for (int via = 0; via < 4; via++) {
+        if (via == 1)
+            continue;
+        th_kv_conn c;
+        th_kv_conn_init(&c, g_c.node[via].port);
+        char key[32];
+        for (int k = 0; k < LOAD_KEYS; k++) {
+            if (g_load.acked[k] < 0)
+                continue;
+            snprintf(key, sizeof key, "ld/%03d", k);
+            th_kv_resp kr;
+            th_kv_conn_request(&c, "GET", key, NULL, NULL, 0, 5000, &kr);
+            TH_CLUSTER_CHECK(&g_c, kr.status == 200 && atol(kr.body) >= g_load.acked[k],
+                             "%s via n%d: %d %s, acknowledged %ld", key, via, kr.status, kr.body,
+                             g_load.acked[k]);
+            th_kv_resp_free(&kr);
+        }
+        for (int k = 0; k < 2000; k += 5) {
+            snprintf(key, sizeof key, "lv/%05d", k);
+            th_kv_resp kr;
+            th_kv_conn_request(&c, "GET", key, "r=3", NULL, 0, 5000, &kr);
+            TH_CLUSTER_CHECK(&g_c, kr.status == 200 && strlen(kr.body) == 500,
+                             "%s via n%d at r=3: %d", key, via, kr.status);
+            th_kv_resp_free(&kr);
+        }
+        th_kv_conn_close(&c);
+    }
+}

@@ -201,6 +201,13 @@ static void assert_msg_eq(const kv_repl_msg *a, const kv_repl_msg *e)
         CHECK_EQ(a->ver.ts, e->ver.ts);
         CHECK_EQ(a->ver.node, e->ver.node);
         break;
+    case KV_REPL_STREAM:
+        CHECK_EQ(a->n_ranges, e->n_ranges);
+        assert_u64s_eq(a->ranges, e->ranges, 2 * e->n_ranges);
+        break;
+    case KV_REPL_STREAM_DONE:
+        CHECK_EQ(a->status, e->status);
+        break;
     case KV_REPL_LIST:
         assert_bytes_eq(a->key, a->klen, e->key, e->klen);
         CHECK_EQ(a->limit, e->limit);
@@ -494,7 +501,7 @@ Test(repl_msg, add_refuses_fields_over_their_bounds_and_leaves_the_batch_intact)
     bad[n].type = (kv_repl_type)0;
     n++;
     bad[n] = mk_write(4, 0, 0, false);
-    bad[n].type = (kv_repl_type)12; /* one past KV_REPL_PURGE */
+    bad[n].type = (kv_repl_type)14; /* one past KV_REPL_STREAM_DONE */
     n++;
     bad[n] = mk_write(4, 0, 0, false);
     bad[n].type = KV_REPL_READ;
@@ -716,8 +723,8 @@ Test(repl_msg, decode_refuses_malformed_and_out_of_bounds_input)
     raw_write(&w, 4, 1, 17);
     cr_assert_str_eq(fail_buf(&b), KV_REPL_OUT_OF_BOUNDS);
 
-    /* Unknown types 0 and 12, a negative type, a type as text. */
-    uint64_t types[] = {0, 12, 1000};
+    /* Unknown types 0 and 14, a negative type, a type as text. */
+    uint64_t types[] = {0, 14, 1000};
     for (size_t i = 0; i < 3; i++) {
         raw_head(&w, KV_REPL_PROTO, 1);
         kv_cbor_put_array(&w, 3);
@@ -1024,7 +1031,7 @@ Test(repl_msg, random_corruption_never_crashes_and_what_decodes_is_in_bounds)
         CHECK(d.n_msgs <= KV_REPL_BATCH_MAX);
         for (uint32_t i = 0; i < d.n_msgs; i++) {
             const kv_repl_msg *m = &d.msgs[i];
-            CHECK(m->type >= KV_REPL_WRITE && m->type <= KV_REPL_PURGE);
+            CHECK(m->type >= KV_REPL_WRITE && m->type <= KV_REPL_STREAM_DONE);
             CHECK(m->klen <= KV_REPL_KEY_MAX);
             CHECK((unsigned)m->status <= KV_REPL_NOSPACE);
             CHECK(m->n_items <= KV_REPL_LIST_MAX);
@@ -1146,7 +1153,7 @@ static void sync_data_free(sync_data *sd)
 static size_t sync_messages(kv_repl_msg *m, const sync_data *sd, size_t scale)
 {
     size_t n = 0;
-    memset(m, 0, 9 * sizeof *m);
+    memset(m, 0, 11 * sizeof *m);
     m[n].type = KV_REPL_TREE; /* the top of the tree: all nodes of a level */
     m[n].req_id = KV_REPL_REQ_SYNC | 1;
     m[n].level = KV_REPL_ALL_LEVEL_MAX;
@@ -1206,6 +1213,15 @@ static size_t sync_messages(kv_repl_msg *m, const sync_data *sd, size_t scale)
     m[n].klen = KV_REPL_KEY_MAX;
     m[n].ver = (kv_version){.ts = UINT64_MAX - 5, .node = UINT32_MAX};
     n++;
+    m[n].type = KV_REPL_STREAM; /* a leaving node hands its ranges over */
+    m[n].req_id = KV_REPL_REQ_SYNC | 11;
+    m[n].ranges = sd->ranges;
+    m[n].n_ranges = SYNC_RANGES / scale;
+    n++;
+    m[n].type = KV_REPL_STREAM_DONE;
+    m[n].req_id = KV_REPL_REQ_SYNC | 11;
+    m[n].status = KV_REPL_ERROR;
+    n++;
     return n;
 }
 
@@ -1218,7 +1234,7 @@ Test(repl_msg, sync_messages_round_trip_with_realistic_contents)
 {
     sync_data sd;
     sync_data_init(&sd);
-    kv_repl_msg msgs[9];
+    kv_repl_msg msgs[11];
     size_t n = sync_messages(msgs, &sd, 1);
     kv_buf b = KV_BUF_INIT;
     encode(&b, msgs, n); /* each message exactly its wire bound; the batch within the sum */
@@ -1569,7 +1585,7 @@ Test(repl_msg, decode_refuses_every_truncation_of_a_sync_batch)
 {
     sync_data sd;
     sync_data_init(&sd);
-    kv_repl_msg msgs[9];
+    kv_repl_msg msgs[11];
     size_t n = sync_messages(msgs, &sd, 100); /* 3 ranges, 40 nodes, 100 have, 10 KiB */
     kv_buf b = KV_BUF_INIT;
     encode(&b, msgs, n);
@@ -1588,7 +1604,7 @@ Test(repl_msg, decode_refuses_every_truncation_of_a_sync_batch)
 /* What a decoded sync message must satisfy whatever the input was. */
 static void check_sync_in_bounds(const kv_repl_msg *m, const uint8_t *p, size_t len)
 {
-    CHECK(m->type >= KV_REPL_WRITE && m->type <= KV_REPL_PURGE);
+    CHECK(m->type >= KV_REPL_WRITE && m->type <= KV_REPL_STREAM_DONE);
     CHECK((unsigned)m->status <= KV_REPL_NOSPACE);
     CHECK(m->n_ranges <= KV_REPL_RANGES_MAX && inside_buf(m->ranges, m->n_ranges * 16, p, len));
     CHECK(m->n_u64s <= KV_REPL_U64S_MAX && inside_buf(m->u64s, m->n_u64s * 8, p, len));
@@ -1606,7 +1622,7 @@ Test(repl_msg, random_mutations_of_a_sync_batch_never_crash_and_what_decodes_is_
 {
     sync_data sd;
     sync_data_init(&sd);
-    kv_repl_msg msgs[9];
+    kv_repl_msg msgs[11];
     /* Small contents, so most mutations land on heads and lengths rather than payload. */
     size_t n = sync_messages(msgs, &sd, 1000);
     msgs[5].vlen = 40;
