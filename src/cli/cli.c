@@ -83,6 +83,7 @@ static int cmd_list(cli_ctx *x);
 static int cmd_ring(cli_ctx *x);
 static int cmd_status(cli_ctx *x);
 static int cmd_leave(cli_ctx *x);
+static int cmd_remove(cli_ctx *x);
 
 static const cli_cmd cli_cmds[] = {
     {"get", "KEY", "print the value stored under KEY",
@@ -154,6 +155,14 @@ static const cli_cmd cli_cmds[] = {
      "Exit 1 when the node is still joining (it can leave once normal), 4 when it is\n"
      "not ready. With --json: the server's answer, {\"status\":\"leaving\",..}.\n",
      CLI_F_JSON, 0, 0, cmd_leave},
+    {"remove", "NODE", "remove a dead member for good; its data is copied from the others",
+     "NODE is the member's name (as `%s members` shows). It must be dead (stopped or\n"
+     "crashed, and seen dead by the cluster): a live node should leave instead, handing\n"
+     "its data over (`leave`). The member is gossiped as left and leaves the ring; the\n"
+     "members that gain its ranges copy them from the replicas that remain. A removed\n"
+     "node must not come back with its old data directory. Exit 1 when there is no such\n"
+     "member or it is not dead. With --json: the server's answer.\n",
+     CLI_F_JSON, 1, 1, cmd_remove},
 };
 
 #define CLI_NCMDS (sizeof(cli_cmds) / sizeof(cli_cmds[0]))
@@ -819,6 +828,35 @@ static int cmd_leave(cli_ctx *x)
     else
         printf("%s is leaving: its ranges go to their new owners first, then it exits\n",
                x->cfg->client_server_url);
+    free(body);
+    return finish(x, NULL);
+}
+
+static int cmd_remove(cli_ctx *x)
+{
+    const char *name = x->a.pos[0];
+    char path[256];
+    for (const char *c = name; *c; c++)
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+              *c == '-' || *c == '_' || *c == '.'))
+            return fail(x, name, KV_EINVAL, "a member name has only letters, digits, - _ .");
+    if (!*name || strlen(name) > 128)
+        return fail(x, name, KV_EINVAL, "a member name has 1 to 128 characters");
+    snprintf(path, sizeof(path), "/v1/cluster/remove?node=%s", name);
+    int status = 0;
+    char *body = NULL;
+    size_t blen = 0;
+    int rc = kv_client_raw_post(x->client, path, &status, &body, &blen);
+    if (rc != KV_OK)
+        return fail(x, name, rc, NULL);
+    if (status != 200) {
+        free(body);
+        return fail(x, name, status == 503 ? KV_EUNAVAIL : KV_EBADREQ, NULL);
+    }
+    if (x->a.json)
+        printf("%s\n", body);
+    else
+        printf("%s removed: the members that gain its ranges copy them from the others\n", name);
     free(body);
     return finish(x, NULL);
 }

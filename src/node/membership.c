@@ -1003,6 +1003,28 @@ static void memb_on_leave_timer(uv_timer_t *t)
         m->leave_cb(m->leave_arg);
 }
 
+int kv_membership_remove(kv_membership *m, const char *name)
+{
+    if (m->leaving || m->closing)
+        return KV_ECLOSED;
+    const swim_member *found = NULL;
+    for (size_t i = 0; i < swim_member_count(m->core) && !found; i++) {
+        const swim_member *x = swim_member_at(m->core, i);
+        if (strcmp(x->node.name, name) == 0)
+            found = x;
+    }
+    if (!found)
+        return KV_ENOTFOUND;
+    swim_member_id id = found->node.id;
+    int rc = swim_remove_member(m->core, memb_now(m), &id);
+    if (rc == KV_OK) {
+        kv_log_warn("member removed by an operator: its ranges go to the remaining replicas",
+                    KV_STR("member", name));
+        memb_drain(m);
+    }
+    return rc;
+}
+
 int kv_membership_set_ring(kv_membership *m, swim_ring_status ring)
 {
     if (m->leaving || m->closing)

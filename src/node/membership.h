@@ -35,6 +35,14 @@ int kv_membership_start(kv_membership **out, uv_loop_t *loop, const kv_config *c
                         const kv_node_identity *ident, kv_metrics *metrics, int http_port,
                         bool joining);
 
+/*
+ * Remove the dead member named `name` for good (swim_remove_member; `kvtool remove`): it
+ * is gossiped as `left`, leaves the ring, and the members that gain its ranges copy them
+ * from the replicas that remain (replication.c). KV_OK; KV_ENOTFOUND (no such member, or
+ * ourselves); KV_EUNAVAIL (it is not dead: alive or suspect); KV_EEXIST (already left).
+ */
+int kv_membership_remove(kv_membership *m, const char *name);
+
 /* Change this node's ring status (gossiped with a new incarnation; logged). The on_change
  * hook is not called from inside (the caller rebuilds what it needs itself). KV_OK;
  * KV_ECLOSED after a leave or close. */

@@ -333,6 +333,42 @@ static void handle_leave(kv_node *n, kv_http_req *req)
                  "owners; the node leaves the cluster and exits when they have them\"}");
 }
 
+/* POST /v1/cluster/remove?node=NAME: remove a dead member for good. */
+static void handle_remove(kv_node *n, kv_http_req *req)
+{
+    char name[SWIM_NAME_MAX + 1];
+    const char *q = req->query ? req->query : "";
+    size_t ql = req->query ? req->query_len : 0;
+    if (ql < 6 || strncmp(q, "node=", 5) != 0 || ql - 5 > SWIM_NAME_MAX ||
+        memchr(q + 5, '&', ql - 5) || memchr(q + 5, '%', ql - 5)) {
+        kv_http_respond_problem(req, 400, "invalid_query",
+                                "name the member to remove: ?node=NAME (as kvtool members shows)");
+        return;
+    }
+    snprintf(name, sizeof(name), "%.*s", (int)(ql - 5), q + 5);
+    if (n->state != NODE_SERVING || !n->memb) {
+        kv_http_respond_problem(req, 503, "not_ready", "the node is not serving");
+        return;
+    }
+    int rc = kv_membership_remove(n->memb, name);
+    if (rc == KV_ENOTFOUND) {
+        kv_http_respond_problem(req, 404, "member_not_found",
+                                "no such member (or it is the node answering)");
+    } else if (rc == KV_EUNAVAIL) {
+        kv_http_respond_problem(req, 409, "member_not_dead",
+                                "the member is not dead: stop it first, or make it leave "
+                                "(kvtool leave) to hand its data over");
+    } else if (rc == KV_EEXIST) {
+        respond_json(req, 200, "{\"status\":\"left\",\"detail\":\"the member had left already\"}");
+    } else if (rc != KV_OK) {
+        kv_http_respond_problem(req, 503, "not_ready", kv_strerror(rc));
+    } else {
+        respond_json(req, 200,
+                     "{\"status\":\"removed\",\"detail\":\"the member is gone for good; the "
+                     "replicas that gain its ranges copy them from the ones that remain\"}");
+    }
+}
+
 static void handle_request(kv_http_req *req, void *arg)
 {
     kv_node *n = arg;
@@ -399,6 +435,14 @@ static void handle_request(kv_http_req *req, void *arg)
                             out.len);
         }
         kv_buf_free(&out);
+        return;
+    }
+    if (strcmp(p, "/v1/cluster/remove") == 0) {
+        req->route = "cluster_remove";
+        if (req->method != HTTP_POST)
+            respond_method_not_allowed(req, "POST");
+        else
+            handle_remove(n, req);
         return;
     }
     if (strcmp(p, "/v1/cluster/leave") == 0) {

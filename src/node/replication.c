@@ -798,6 +798,23 @@ static int build_view(kv_repl *r, swim_ring_status skip, kv_ring **out)
     return rc;
 }
 
+/* Did a member leave the read ring because an operator removed it (it is `left`, and was
+ * not `leaving`: it handed nothing over)? Then the replicas that gain its ranges copy them
+ * from the ones that remain (kv_sync_rereplicate). */
+static bool removal(kv_repl *r, const kv_ring *old_ring, const kv_ring *new_ring)
+{
+    const swim_t *core = kv_membership_core(r->memb);
+    for (size_t i = 0; i < kv_ring_member_count(old_ring); i++) {
+        const swim_member_id *id = &kv_ring_member_at(old_ring, i)->id;
+        if (kv_ring_find(new_ring, id) >= 0)
+            continue;
+        const swim_member *m = swim_member_find(core, id);
+        if (!m || (m->node.state == SWIM_LEFT && m->node.ring != SWIM_RING_LEAVING))
+            return true;
+    }
+    return false;
+}
+
 /*
  * Two views of the ring (DESIGN §11): reads use the members that hold their data (normal
  * and leaving ones: r->ring); writes go also to the members that are getting data
@@ -845,6 +862,8 @@ static void rebuild_ring(kv_repl *r)
         /* A member that was only on the write ring is now on the read ring (a join
          * finished): keep the old read ring for writes a while, for nodes that have not
          * heard yet. Members merely learnt of (this node starting) are not a change. */
+        if (r->ring && r->sync && removal(r, r->ring, rd))
+            kv_sync_rereplicate(r->sync, r->ring, rd);
         bool moved = false;
         for (size_t i = 0; r->ring && r->wring && i < kv_ring_member_count(rd) && !moved; i++) {
             const swim_member_id *id = &kv_ring_member_at(rd, i)->id;

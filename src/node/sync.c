@@ -220,6 +220,22 @@ typedef struct sync_job {
 
 #define SYNC_JOB_KEEP_MS 60000
 
+/* Re-replication after a member was removed: copy the ranges we gained from one of the
+ * replicas that remain (one per source), retried a few times. */
+typedef struct sync_rerep {
+    struct sync_rerep *next;
+    kv_sync *s;
+    swim_member_id src;
+    uint8_t *pairs;
+    size_t n_pairs;
+    int attempts;
+    uint64_t retry_at;
+    kv_sync_pull *pull;
+} sync_rerep;
+
+#define SYNC_REREP_TRIES    10
+#define SYNC_REREP_RETRY_MS 2000
+
 typedef enum ae_step { AE_IDLE, AE_TOP, AE_LEAVES, AE_HAVE, AE_PULL } ae_step;
 
 typedef struct ae_have {
@@ -267,6 +283,7 @@ struct kv_sync {
     uint64_t round_started, round_applied;
     sync_pull *pulls;      /* every pull in progress */
     sync_job *jobs;        /* hand-overs asked of us */
+    sync_rerep *reps;      /* re-replication after a removal */
     uv_timer_t pull_timer; /* their answer deadlines */
 
     sync_conf *confs;
@@ -292,7 +309,7 @@ struct kv_sync {
         uint64_t rounds_in_sync, rounds_repaired, rounds_failed, leaves_differing;
         uint64_t applied, stale, apply_errors, bad_chunks, bytes_in, raw_in;
         uint64_t bytes_out, raw_out, chunks_out, serves_started, serves_refused, serves_dropped;
-        uint64_t purged, purge_sent, purge_recv, gc_walks, handovers;
+        uint64_t purged, purge_sent, purge_recv, gc_walks, handovers, rereps_done, rereps_failed;
     } st;
 };
 
@@ -644,10 +661,17 @@ void kv_sync_pull_cancel(kv_sync_pull *p)
         pull_finish(p, KV_ECLOSED, false);
 }
 
+static void rerep_try(kv_sync *s, struct sync_rerep *r);
+
 static void on_pull_timer(uv_timer_t *t)
 {
     kv_sync *s = t->data;
     uint64_t now = now_ms(s);
+    for (sync_rerep *r = s->reps, *next; r; r = next) {
+        next = r->next;
+        if (!r->pull && r->attempts && now >= r->retry_at)
+            rerep_try(s, r);
+    }
     for (sync_pull *p = s->pulls, *next; p; p = next) {
         next = p->next;
         if (!p->applying && now > p->deadline)
@@ -1375,6 +1399,116 @@ static void on_stream(kv_sync *s, const char *from, const kv_repl_msg *m)
     }
 }
 
+/* ---------- re-replication after a removal ---------- */
+
+static void rerep_free(kv_sync *s, sync_rerep *r)
+{
+    for (sync_rerep **pp = &s->reps; *pp; pp = &(*pp)->next)
+        if (*pp == r) {
+            *pp = r->next;
+            break;
+        }
+    free(r->pairs);
+    free(r);
+}
+
+static void rerep_try(kv_sync *s, sync_rerep *r);
+
+static void on_rerep_pulled(void *arg, int status, uint64_t raw, uint64_t records)
+{
+    sync_rerep *r = arg;
+    kv_sync *s = r->s;
+    r->pull = NULL;
+    const char *addr = s->env.addr_of(s->env.arg, &r->src);
+    if (status == KV_OK) {
+        s->st.rereps_done++;
+        kv_log_info("re-replicated ranges of a removed member", KV_STR("from", addr ? addr : "?"),
+                    KV_UINT("ranges", r->n_pairs), KV_UINT("records", records),
+                    KV_UINT("bytes", raw));
+        rerep_free(s, r);
+        return;
+    }
+    if (++r->attempts >= SYNC_REREP_TRIES) {
+        s->st.rereps_failed++;
+        kv_log_warn("gave up re-replicating ranges of a removed member; anti-entropy will",
+                    KV_STR("from", addr ? addr : "?"), KV_ERR(status));
+        rerep_free(s, r);
+        return;
+    }
+    r->retry_at = now_ms(s) + SYNC_REREP_RETRY_MS; /* the pull timer tries again */
+}
+
+static void rerep_try(kv_sync *s, sync_rerep *r)
+{
+    const char *addr = s->env.addr_of(s->env.arg, &r->src);
+    r->pull = addr && s->env.alive(s->env.arg, &r->src)
+                  ? kv_sync_pull_start(s, addr, r->pairs, r->n_pairs, on_rerep_pulled, r)
+                  : NULL;
+    if (!r->pull) {
+        r->retry_at = now_ms(s) + SYNC_REREP_RETRY_MS;
+        if (++r->attempts >= SYNC_REREP_TRIES) {
+            s->st.rereps_failed++;
+            rerep_free(s, r);
+        }
+    }
+}
+
+void kv_sync_rereplicate(kv_sync *s, const kv_ring *old_ring, const kv_ring *new_ring)
+{
+    size_t n = (size_t)s->cfg->replication_n;
+    if (n > KV_RING_DIFF_MAX_N)
+        n = KV_RING_DIFF_MAX_N;
+    kv_ring_move *mv = NULL;
+    size_t n_mv = 0;
+    if (s->closing || kv_ring_diff(old_ring, new_ring, n, &mv, &n_mv) != KV_OK)
+        return;
+    size_t started = 0;
+    for (size_t i = 0; i < n_mv; i++) {
+        bool gain = false, had = false;
+        for (uint32_t k = 0; k < mv[i].n_to; k++)
+            gain |= swim_id_equal(&mv[i].to[k], &s->self);
+        for (uint32_t k = 0; k < mv[i].n_from; k++)
+            had |= swim_id_equal(&mv[i].from[k], &s->self);
+        if (!gain || had)
+            continue;
+        /* every replica that remains: an acknowledged write is on at least one of them */
+        for (uint32_t k = 0; k < mv[i].n_from; k++) {
+            const swim_member_id *src = &mv[i].from[k];
+            if (!s->env.alive(s->env.arg, src))
+                continue;
+            sync_rerep *r = s->reps;
+            while (r && (r->pull || r->attempts || !swim_id_equal(&r->src, src)))
+                r = r->next; /* one not started yet for this source, to add to */
+            if (!r) {
+                if (!(r = calloc(1, sizeof(*r))))
+                    continue;
+                r->s = s;
+                r->src = *src;
+                r->next = s->reps;
+                s->reps = r;
+                started++;
+            }
+            uint8_t *p = realloc(r->pairs, (r->n_pairs + 1) * 16);
+            if (!p)
+                continue;
+            r->pairs = p;
+            kv_repl_u64_put(p, 2 * r->n_pairs, mv[i].lo);
+            kv_repl_u64_put(p, 2 * r->n_pairs + 1, mv[i].hi);
+            r->n_pairs++;
+        }
+    }
+    free(mv);
+    for (sync_rerep *r = s->reps, *next; r; r = next) {
+        next = r->next;
+        if (!r->pull && !r->attempts)
+            rerep_try(s, r);
+    }
+    if (started)
+        kv_log_info("a member was removed: copying the ranges we gained from the remaining "
+                    "replicas",
+                    KV_UINT("sources", started));
+}
+
 /* ---------- entry points ---------- */
 
 void kv_sync_on_msg(kv_sync *s, const swim_member_id *from_id, const char *from,
@@ -1476,6 +1610,12 @@ void kv_sync_publish_metrics(kv_sync *s)
     kv_metrics_counter_set(mx, "kv_sync_handovers_total",
                            "Range hand-overs from leaving members pulled (ended, any result).",
                            s->st.handovers);
+    kv_metrics_counter_set(mx, "kv_sync_rereplications_total",
+                           "Ranges of a removed member copied from a remaining replica.",
+                           s->st.rereps_done);
+    kv_metrics_counter_set(mx, "kv_sync_rereplications_failed_total",
+                           "Copies of a removed member's ranges given up after retries.",
+                           s->st.rereps_failed);
     kv_metrics_counter_set(mx, "kv_sync_purge_walks_total",
                            "Walks of the store looking for tombstones old enough to purge.",
                            s->st.gc_walks);
@@ -1503,6 +1643,8 @@ void kv_sync_close(kv_sync *s, void (*done)(void *arg), void *arg)
         s->jobs = j->next;
         free(j);
     }
+    while (s->reps)
+        rerep_free(s, s->reps);
     while (s->serves)
         serve_free(s, s->serves);
     s->pending = 4 + s->dead_pulls;

@@ -75,6 +75,14 @@ kv_sync_pull *kv_sync_pull_start(kv_sync *s, const char *addr, const uint8_t *pa
                                  kv_sync_pull_cb cb, void *arg);
 void kv_sync_pull_cancel(kv_sync_pull *p);
 
+/*
+ * A member was removed (dead, `kvtool remove`): the ring went from old_ring to new_ring.
+ * For every range this node gained, pull it from every remaining replica that held it
+ * (an acknowledged write is on at least one of them), retried a few times; anti-entropy
+ * covers what is still missing after that.
+ */
+void kv_sync_rereplicate(kv_sync *s, const kv_ring *old_ring, const kv_ring *new_ring);
+
 /* Write the anti-entropy and streaming counters into the metrics registry. */
 void kv_sync_publish_metrics(kv_sync *s);
 

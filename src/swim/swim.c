@@ -1970,6 +1970,23 @@ int swim_set_ring_status(swim_t *s, uint64_t now, swim_ring_status ring)
     return KV_OK;
 }
 
+int swim_remove_member(swim_t *s, uint64_t now, const swim_member_id *id)
+{
+    if (!s || !id || swim_id_equal(id, &s->mem[0].pub.node.id))
+        return KV_ENOTFOUND;
+    swim_mem *m = swim_find(s, id);
+    if (!m)
+        return KV_ENOTFOUND;
+    if (m->pub.node.state == SWIM_LEFT)
+        return KV_EEXIST;
+    if (m->pub.node.state != SWIM_DEAD)
+        return KV_EUNAVAIL;
+    swim_input_begin(s, now);
+    swim_apply_dead(s, now, id, m->pub.node.incarnation, &s->mem[0].pub.node.id, SWIM_LEFT);
+    swim_input_end(s);
+    return KV_OK;
+}
+
 /* ---------- outputs and queries ---------- */
 
 bool swim_pop_send(swim_t *s, swim_send *out)

@@ -338,6 +338,16 @@ void swim_note_loop_lag(swim_t *s, uint32_t lag_ms);
  * bad status, KV_ECLOSED after swim_leave. */
 int swim_set_ring_status(swim_t *s, uint64_t now_ms, swim_ring_status ring);
 
+/*
+ * Remove a dead member for good (an operator's `kvtool remove`): mark it LEFT at its
+ * current incarnation, as if it had left itself, and gossip that (LEFT wins over DEAD at
+ * an equal incarnation everywhere). Only a member this core holds DEAD: KV_OK;
+ * KV_ENOTFOUND (unknown, or ourselves); KV_EEXIST (already left); KV_EUNAVAIL (alive or
+ * suspect: it must be seen dead first). If the member comes back later with a higher
+ * incarnation it is a member again.
+ */
+int swim_remove_member(swim_t *s, uint64_t now_ms, const swim_member_id *id);
+
 /* ---------- outputs ---------- */
 
 /* Pop the next message to send into *out; false when none is left. out's pointers are

@@ -404,3 +404,76 @@ Test(join, a_node_leaves_under_load_after_handing_its_ranges_over)
         th_kv_conn_close(&c);
     }
 }
+
+static const char *const g_no_ae[] = {"--replication.timeout", "2s", "--antientropy.interval", "0",
+                                      NULL};
+
+static double sum_metric(const char *name)
+{
+    double s = 0;
+    for (int i = 0; i < g_c.n; i++)
+        if (th_cluster_running(&g_c, i))
+            s += metric(i, name);
+    return s;
+}
+
+Test(join, a_dead_node_is_removed_and_the_others_copy_its_ranges)
+{
+    th_cluster_init(&g_c, 4);
+    g_c.args = g_no_ae; /* nothing but the removal may copy data */
+    cr_assert_eq(th_cluster_start(&g_c, 30000), 0, "4 nodes did not start");
+    preload("rm", 1500, 300, 4);
+    int64_t deadline = th_now_ms() + 20000;
+    while (sum_metric("kv_store_keys") < 3 * 1500 && th_now_ms() < deadline)
+        usleep(20000);
+    TH_CLUSTER_CHECK(&g_c, sum_metric("kv_store_keys") == 3 * 1500,
+                     "%g copies before, want 3 per key", sum_metric("kv_store_keys"));
+
+    /* Only a dead member can be removed. */
+    th_resp r;
+    cr_assert_eq(th_http(g_c.node[0].port, "POST", "/v1/cluster/remove?node=n3", NULL, 0, &r), 0);
+    cr_assert(r.status == 409 && strstr(r.body, "\"code\":\"member_not_dead\""), "%d %s", r.status,
+              r.body);
+    th_resp_free(&r);
+    cr_assert_eq(th_http(g_c.node[0].port, "POST", "/v1/cluster/remove?node=n9", NULL, 0, &r), 0);
+    cr_assert(r.status == 404 && strstr(r.body, "\"code\":\"member_not_found\""), "%d %s", r.status,
+              r.body);
+    th_resp_free(&r);
+
+    th_cluster_kill9(&g_c, 3);
+    TH_CLUSTER_CHECK(&g_c, th_cluster_wait_settled(&g_c, 15000) >= 0, "n3 not seen dead");
+    cr_assert_eq(th_http(g_c.node[1].port, "POST", "/v1/cluster/remove?node=n3", NULL, 0, &r), 0);
+    TH_CLUSTER_CHECK(&g_c, r.status == 200 && strstr(r.body, "\"status\":\"removed\""), "%d %s",
+                     r.status, r.body);
+    th_resp_free(&r);
+
+    /* Every member sees it left; N = 3 on the 3 that remain: each must end with every key,
+     * copied from the remaining replicas (anti-entropy is off). */
+    th_digest d;
+    char why[400] = "";
+    TH_CLUSTER_CHECK(&g_c, th_cluster_roots_agree(&g_c, 30000, &d, why, sizeof why),
+                     "the remaining replicas did not converge: %s", why);
+    cr_assert_eq(d.keys, 1500, "each remaining node holds %g keys, want 1500", d.keys);
+    cr_assert_gt(sum_metric("kv_sync_rereplications_total"), 0);
+    for (int via = 0; via < 3; via++) {
+        char members[32];
+        cr_assert_eq(th_http(g_c.node[via].port, "GET", "/v1/cluster/members", NULL, 0, &r), 0);
+        const char *p = strstr(r.body, "\"name\":\"n3\"");
+        snprintf(members, sizeof members, "%s",
+                 p && strstr(p, "\"state\":\"left\"") ? "left" : "?");
+        th_resp_free(&r);
+        cr_assert_str_eq(members, "left", "n%d does not see n3 left", via);
+        th_kv_conn c;
+        th_kv_conn_init(&c, g_c.node[via].port);
+        for (int k = 0; k < 1500; k += 7) {
+            char key[32];
+            snprintf(key, sizeof key, "rm/%05d", k);
+            th_kv_resp kr;
+            th_kv_conn_request(&c, "GET", key, "r=3", NULL, 0, 5000, &kr);
+            TH_CLUSTER_CHECK(&g_c, kr.status == 200 && strlen(kr.body) == 300, "%s via n%d: %d",
+                             key, via, kr.status);
+            th_kv_resp_free(&kr);
+        }
+        th_kv_conn_close(&c);
+    }
+}

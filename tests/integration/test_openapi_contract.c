@@ -823,6 +823,10 @@ static const contract_case k_cases[] = {
      NULL},
     {"listKeys", "list with a cursor no page gave", "GET", "/v1/kv?cursor=nope", NULL, NULL, 400,
      "invalid_query", NULL},
+    {"postClusterRemove", "remove a member that does not exist", "POST",
+     "/v1/cluster/remove?node=nobody", NULL, NULL, 404, "member_not_found", NULL},
+    {"postClusterRemove", "remove without naming a member", "POST", "/v1/cluster/remove", NULL,
+     NULL, 400, "invalid_query", NULL},
     /* last: the node leaves the cluster and exits (alone, it has nothing to hand over) */
     {"postClusterLeave", "leave the cluster", "POST", "/v1/cluster/leave", NULL, NULL, 202, NULL,
      NULL},
