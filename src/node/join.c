@@ -348,11 +348,21 @@ static void join_pump(kv_join *j)
 {
     if (!j->active || !j->planned)
         return;
+    uint64_t now = uv_now(j->loop), next_retry = UINT64_MAX;
+    /* Not before every coordinator knows we are joining (gossip takes a few protocol
+     * periods): a write one of them acknowledged on the old preference list alone after
+     * our stream passed its key would be missing here, and once we count for reads a
+     * quorum read could miss it. From then on every write also reaches W in our list. */
+    uint64_t grace = 10 * j->cfg->cluster_probe_interval_ms;
+    uint64_t start_at = j->started_ms + (grace > 1000 ? grace : 1000);
+    if (now < start_at && j->n_units > j->n_done) {
+        uv_timer_start(&j->retry, on_retry, start_at - now, 0);
+        return;
+    }
     if (j->n_done == j->n_units) {
         finish(j);
         return;
     }
-    uint64_t now = uv_now(j->loop), next_retry = UINT64_MAX;
     for (size_t i = 0; i < j->n_units && j->running < JOIN_PARALLEL; i++) {
         join_unit *u = &j->units[i];
         if (u->done || u->running)

@@ -143,11 +143,20 @@ static void pump(kv_leave *l)
 {
     if (l->finished || !l->planned)
         return;
+    uint64_t now = uv_now(l->loop), next = UINT64_MAX;
+    /* Not before every coordinator knows we are leaving (a few protocol periods): a write
+     * acknowledged on the old preference list alone after a gainer's pull passed its key
+     * could otherwise be missing from the new list. From then on writes reach W in it. */
+    uint64_t grace = 10 * l->cfg->cluster_probe_interval_ms;
+    uint64_t start_at = l->started_ms + (grace > 1000 ? grace : 1000);
+    if (now < start_at && l->n_g > l->n_done) {
+        uv_timer_start(&l->retry, on_retry, start_at - now, 0);
+        return;
+    }
     if (l->n_done == l->n_g) {
         finish(l);
         return;
     }
-    uint64_t now = uv_now(l->loop), next = UINT64_MAX;
     for (size_t i = 0; i < l->n_g; i++) {
         leave_gainer *g = &l->g[i];
         if (g->done || (g->asked && g->retry_at == 0))
