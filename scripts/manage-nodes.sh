@@ -4,14 +4,23 @@
 #
 #   manage-nodes.sh add --count N --port-start P   start N nodes: HTTP ports P..P+N-1
 #   manage-nodes.sh list                           table of the nodes and their state
-#   manage-nodes.sh remove --name NAME             stop one node (SIGTERM, then SIGKILL)
-#   manage-nodes.sh remove --all                   stop every node
+#   manage-nodes.sh remove --name NAME             make one node leave with its data
+#   manage-nodes.sh remove --all                   stop every node (SIGTERM, then SIGKILL)
 #
 # Node i of an `add` listens for HTTP on P+i, is named node<P+i>, and talks to its peers
 # on HTTP port + 10000 (--cluster-offset). Each new node gets as seeds the peers of the
 # nodes already running plus the first node of its batch, so `add` also grows a running
-# cluster. `add` returns once every new node answers /healthz and lists every running
-# node alive in /v1/cluster/members; if that fails, it stops the nodes it started.
+# cluster. `add` returns once every new node answers /healthz, lists every running node
+# alive in /v1/cluster/members, and shows itself there with ring_status "normal" (it has
+# streamed the ranges it owns from the others, so it counts for reads); if that fails
+# within --timeout, it stops the nodes it started.
+#
+# `remove --name` asks a running node to leave (POST /v1/cluster/leave): it hands its
+# ranges to their new owners, leaves the cluster and exits by itself; the script waits for
+# that up to --leave-timeout. If the node refuses (409: still joining), cannot be asked,
+# or is still running then, it is stopped as by --no-leave, with a warning: SIGTERM, wait
+# --stop-timeout, then SIGKILL. `remove --all` always stops with SIGTERM (there is nobody
+# left to hand the data to).
 #
 # Options (anywhere on the command line):
 #   --backend local|docker  local (default): processes of build/kvstore, files under the
@@ -26,7 +35,11 @@
 #   --bin PATH              local: the kvstore binary (default <repo>/build/kvstore, built
 #                           with cmake if missing)
 #   --image NAME            docker: image tag (default kvstore:local, built if missing)
-#   --timeout SECONDS       add: deadline for health and membership (default 60)
+#   --timeout SECONDS       add: deadline for health, membership and streaming (default 60)
+#   --leave-timeout SECONDS remove --name: wait this long for the node to hand its data
+#                           over and exit (default 300), then stop it with SIGTERM
+#   --no-leave              remove --name: SIGTERM at once, no hand-over (its replicas
+#                           keep their copies; the others serve its ranges from those)
 #   --stop-timeout SECONDS  remove: wait this long after SIGTERM, then SIGKILL (default 20)
 #   --name NAME | --all     remove: which nodes
 #   --purge                 remove: delete the data too (local: the node's directory;
@@ -56,6 +69,8 @@ BIN=
 IMAGE=kvstore:local
 TIMEOUT=60
 STOP_TIMEOUT=20
+LEAVE_TIMEOUT=300
+NO_LEAVE=0
 RM_NAME=
 RM_ALL=0
 PURGE=0
@@ -95,7 +110,7 @@ while [[ $# -gt 0 ]]; do
         exit 0
         ;;
     --backend | --count | --port-start | --cluster-offset | --host | --data-root | --bin | \
-        --image | --timeout | --stop-timeout | --name)
+        --image | --timeout | --stop-timeout | --leave-timeout | --name)
         need_value "$@"
         case "$1" in
         --backend) BACKEND=$2 ;;
@@ -108,6 +123,7 @@ while [[ $# -gt 0 ]]; do
         --image) IMAGE=$2 ;;
         --timeout) TIMEOUT=$2 ;;
         --stop-timeout) STOP_TIMEOUT=$2 ;;
+        --leave-timeout) LEAVE_TIMEOUT=$2 ;;
         --name) RM_NAME=$2 ;;
         esac
         shift
@@ -115,6 +131,7 @@ while [[ $# -gt 0 ]]; do
     --*=*) usage_error "write '${1%%=*} ${1#*=}' (a space, not '=')" ;;
     --all) RM_ALL=1 ;;
     --purge) PURGE=1 ;;
+    --no-leave) NO_LEAVE=1 ;;
     --)
         shift
         EXTRA=("$@")
@@ -130,11 +147,15 @@ done
 if ! is_uint "$COUNT" || ((10#$COUNT < 1)); then usage_error "--count must be a positive integer"; fi
 if ! is_uint "$TIMEOUT" || ((10#$TIMEOUT < 1)); then usage_error "--timeout must be seconds (>= 1)"; fi
 is_uint "$STOP_TIMEOUT" || usage_error "--stop-timeout must be seconds"
+if ! is_uint "$LEAVE_TIMEOUT" || ((10#$LEAVE_TIMEOUT < 1)); then
+    usage_error "--leave-timeout must be seconds (>= 1)"
+fi
 [[ $CLUSTER_OFFSET =~ ^-?[0-9]{1,6}$ ]] || usage_error "--cluster-offset must be an integer"
 [[ $HOST =~ ^[A-Za-z0-9._-]+$ ]] || usage_error "--host must be an IPv4 address or a host name"
 COUNT=$((10#$COUNT))
 TIMEOUT=$((10#$TIMEOUT))
 STOP_TIMEOUT=$((10#$STOP_TIMEOUT))
+LEAVE_TIMEOUT=$((10#$LEAVE_TIMEOUT))
 if [[ $CLUSTER_OFFSET == -* ]]; then
     CLUSTER_OFFSET=$((-10#${CLUSTER_OFFSET#-}))
 else
@@ -192,6 +213,69 @@ members_alive() {
 }
 
 http_url() { echo "http://$REACH_HOST:$1"; }
+
+# The ring status (joining, normal, leaving, ...) the node at URL $1 reports for itself in
+# /v1/cluster/members; empty if it does not answer.
+self_ring_status() {
+    local json rec
+    json=$(curl -fsS --max-time 2 "$1/v1/cluster/members" 2>/dev/null) || return 0
+    rec=$(tr '{' '\n' <<<"$json" | grep -F '"self":true' | head -n 1) || return 0
+    [[ $rec =~ \"ring_status\":\"([a-z_]+)\" ]] && echo "${BASH_REMATCH[1]}"
+    return 0
+}
+
+# Ask the node at URL $2 (named $1) to leave with its data: POST /v1/cluster/leave. True
+# on 202; otherwise a warning on stderr says why (409 joining, an error, no answer).
+ask_leave() {
+    local name=$1 url=$2 resp code body detail
+    if ! command -v curl >/dev/null 2>&1; then
+        echo "$SELF: warning: curl is missing, so $name cannot be asked to leave;" \
+            "stopping it with SIGTERM" >&2
+        return 1
+    fi
+    echo "$name: asking it to leave (POST $url/v1/cluster/leave)"
+    resp=$(curl -sS -X POST --max-time 10 -w '\n%{http_code}' "$url/v1/cluster/leave" 2>&1) ||
+        true
+    code=${resp##*$'\n'}
+    body=${resp%$'\n'*}
+    body=${body%$'\n'} # curl's own error line ends in a newline
+    [[ $code == 202 ]] && return 0
+    detail=
+    [[ $body =~ \"detail\":\"([^\"]*)\" ]] && detail=${BASH_REMATCH[1]}
+    if [[ $code == 409 && $body == *'"joining"'* ]]; then
+        echo "$SELF: warning: $name is still joining (it has not streamed its ranges yet," \
+            "so it has nothing complete to hand over); stopping it with SIGTERM" >&2
+    elif [[ $code =~ ^[1-9][0-9]{2}$ ]]; then
+        echo "$SELF: warning: $name refused to leave: HTTP $code${detail:+ ($detail)};" \
+            "stopping it with SIGTERM" >&2
+    else
+        echo "$SELF: warning: could not ask $name to leave (${body:-no answer});" \
+            "stopping it with SIGTERM" >&2
+    fi
+    return 1
+}
+
+# After a 202 from ask_leave: wait up to LEAVE_TIMEOUT for node $1 to exit by itself while
+# "${@:2}" (a command) says it still runs. True if it exited; a warning if not.
+await_leave() {
+    local name=$1 start=$SECONDS
+    local deadline=$((start + LEAVE_TIMEOUT)) next=$((start + 30))
+    shift
+    echo "$name: handing its data over to the new owners of its ranges" \
+        "(waiting up to ${LEAVE_TIMEOUT}s for it to exit)"
+    while "$@"; do
+        if ((SECONDS >= deadline)); then
+            echo "$SELF: warning: $name is still running ${LEAVE_TIMEOUT}s after it was asked" \
+                "to leave (--leave-timeout); stopping it with SIGTERM" >&2
+            return 1
+        fi
+        if ((SECONDS >= next)); then
+            echo "$name: still handing its data over ($((SECONDS - start))s)"
+            next=$((SECONDS + 30))
+        fi
+        sleep 0.2
+    done
+}
 
 # ------------------------------------------------------------------------ local backend
 
@@ -310,16 +394,40 @@ local_alive() {
     [[ $(basename -- "${arg0:-x}") != kvstore ]]
 }
 
-# Stop node $1: SIGTERM, wait up to STOP_TIMEOUT, then SIGKILL with a warning. Removes
-# the pid file (and with --purge the directory).
+# Ask running node $1 (pid $2) to leave and wait for it to exit. True if it did; its log
+# (from where it stood before the request) tells whether it handed every range over.
+local_leave() {
+    local name=$1 pid=$2 dir=$DATA_ROOT/$1 host off
+    if ! read_node_env "$name"; then
+        echo "$SELF: warning: $dir/node.env is unreadable: cannot ask $name to leave" >&2
+        return 1
+    fi
+    host=$NODE_HOST
+    [[ $host == 0.0.0.0 ]] && host=127.0.0.1
+    off=$(stat -c %s "$dir/node.log" 2>/dev/null) || off=0
+    ask_leave "$name" "http://$host:$NODE_HTTP" || return 1
+    await_leave "$name" is_node_pid "$pid" "$dir" || return 1
+    if tail -c +$((off + 1)) "$dir/node.log" 2>/dev/null | grep -qF 'every range handed over'; then
+        echo "$name: handed its data over and left the cluster"
+    else
+        echo "$SELF: warning: $name exited, but its log does not say it handed every range" \
+            "over (see $dir/node.log); its replicas still hold their copies" >&2
+    fi
+}
+
+# Stop node $1. With $2 = leave, first ask it to hand its data over and leave (local_leave);
+# otherwise, or if that fails: SIGTERM, wait up to STOP_TIMEOUT, then SIGKILL with a
+# warning. Removes the pid file (and with --purge the directory).
 local_stop() {
-    local name=$1 dir=$DATA_ROOT/$1 pid deadline
+    local name=$1 mode=${2:-stop} dir=$DATA_ROOT/$1 pid deadline
     if ! pid=$(local_pid "$name"); then
         if [[ -f $dir/pid ]]; then
             echo "$name: not running (removing its stale pid file; no process signalled)"
         else
             echo "$name: not running"
         fi
+        rm -f "$dir/pid"
+    elif [[ $mode == leave ]] && local_leave "$name" "$pid"; then
         rm -f "$dir/pid"
     else
         echo "$name: stopping pid $pid"
@@ -402,13 +510,37 @@ docker_start() {
 
 docker_alive() { [[ $(docker inspect -f '{{.State.Running}}' "$1" 2>/dev/null) == true ]]; }
 
+# Ask container $1 to leave (through its HTTP port on the host network) and wait for it to
+# exit. True if it exited 0, which the node does once every range is handed over.
+docker_leave() {
+    local name=$1 host http
+    host=$(docker inspect -f "{{index .Config.Labels \"$LABEL.host\"}}" "$name" 2>/dev/null)
+    http=$(docker inspect -f "{{index .Config.Labels \"$LABEL.http-port\"}}" "$name" 2>/dev/null)
+    [[ $host == 0.0.0.0 ]] && host=127.0.0.1
+    if [[ -z $host || ! $http =~ ^[0-9]+$ ]]; then
+        echo "$SELF: warning: $name has no port labels: cannot ask it to leave" >&2
+        return 1
+    fi
+    ask_leave "$name" "http://$host:$http" || return 1
+    await_leave "$name" docker_alive "$name" || return 1
+    if [[ $(docker inspect -f '{{.State.ExitCode}}' "$name" 2>/dev/null) == 0 ]]; then
+        echo "$name: handed its data over and left the cluster"
+    else
+        echo "$SELF: warning: $name exited with an error while leaving (docker logs $name);" \
+            "its replicas still hold their copies" >&2
+    fi
+}
+
+# Stop and remove container $1; with $2 = leave, ask it to leave with its data first.
 docker_stop() {
-    local name=$1
+    local name=$1 mode=${2:-stop}
     if [[ $(docker inspect -f "{{index .Config.Labels \"$LABEL\"}}" "$name" 2>/dev/null) != 1 ]]; then
         echo "$name: no such container made by $SELF"
         return 0
     fi
-    if docker_alive "$name"; then
+    if [[ $mode == leave ]] && docker_alive "$name" && docker_leave "$name"; then
+        :
+    elif docker_alive "$name"; then
         echo "$name: stopping container"
         # docker stop sends SIGTERM, and SIGKILL after -t seconds.
         docker stop -t "$STOP_TIMEOUT" "$name" >/dev/null
@@ -579,6 +711,40 @@ cmd_add() {
         sleep 0.2
     done
 
+    # Joined, but a node with seeds streams its ranges first (ring status joining) and
+    # only counts for reads once it is normal: wait for that too.
+    local -a normal=()
+    local rs
+    for ((i = 0; i < COUNT; i++)); do normal[i]=0; done
+    while :; do
+        all=1
+        for ((i = 0; i < COUNT; i++)); do
+            ((normal[i])) && continue
+            node_up "$i" || {
+                log_tail "$i"
+                rollback "${names[i]} exited while joining"
+            }
+            rs=$(self_ring_status "$(http_url "${https[i]}")")
+            if [[ $rs == normal ]]; then
+                normal[i]=1
+                echo "${names[i]}: ring status normal (its ranges are streamed; it serves reads)"
+            else
+                all=0
+            fi
+        done
+        ((all)) && break
+        if ((SECONDS >= deadline)); then
+            for ((i = 0; i < COUNT; i++)); do
+                ((normal[i])) && continue
+                rs=$(self_ring_status "$(http_url "${https[i]}")")
+                echo "$SELF: ${names[i]} is ${rs:-not answering}, not normal yet" >&2
+            done
+            rs="not every new node finished streaming its ranges within ${TIMEOUT}s"
+            rollback "$rs (a large data set needs a larger --timeout)"
+        fi
+        sleep 0.2
+    done
+
     printf '%-12s %-26s %-22s %s\n' NAME URL PEER PID
     for ((i = 0; i < COUNT; i++)); do
         printf '%-12s %-26s %-22s %s\n' "${names[i]}" "$(http_url "${https[i]}")" \
@@ -632,7 +798,8 @@ cmd_list() {
 cmd_remove() {
     ((RM_ALL)) || [[ -n $RM_NAME ]] || usage_error "remove needs --name NAME or --all"
     ((RM_ALL)) && [[ -n $RM_NAME ]] && usage_error "remove takes --name or --all, not both"
-    local name
+    local name LEAVE_MODE=leave
+    ((NO_LEAVE)) && LEAVE_MODE=stop
     if [[ $BACKEND == docker ]]; then
         docker_check
         if ((RM_ALL)); then
@@ -644,7 +811,7 @@ cmd_remove() {
             done < <(docker_nodes)
             ((any)) || echo "no containers labelled $LABEL"
         else
-            docker_stop "$RM_NAME"
+            docker_stop "$RM_NAME" "$LEAVE_MODE"
         fi
         return 0
     fi
@@ -659,7 +826,7 @@ cmd_remove() {
     else
         [[ $RM_NAME =~ ^[A-Za-z0-9._-]+$ && -f $DATA_ROOT/$RM_NAME/node.env ]] ||
             die "no node named '$RM_NAME' under $DATA_ROOT ($SELF list shows them)"
-        local_stop "$RM_NAME"
+        local_stop "$RM_NAME" "$LEAVE_MODE"
     fi
 }
 

@@ -4,11 +4,14 @@
  *
  * Shown here: `add --count 3` starts three nodes on the requested ports that list each
  * other alive in /v1/cluster/members by the time it returns; `list` shows them running
- * with the pids they run under; `remove --name` stops exactly that node (its pid is gone,
- * its data kept, the others see it leave), `remove --all` stops the rest and leaves no
- * process behind; a pid file naming a process that is not that node is never signalled;
- * ports already in use, ports past 65535 and a bare invocation are clear errors that
- * start nothing.
+ * with the pids they run under; `remove --name` makes exactly that node leave with its
+ * data (POST /v1/cluster/leave: it hands its ranges over and exits by itself, every key
+ * written before still reads back through the others, its data dir is kept, the others
+ * see it leave), `remove --name --no-leave` stops one with SIGTERM instead, `remove --all`
+ * stops the rest and leaves no process behind; `add` into a cluster holding data returns
+ * only once each new node has streamed its ranges and says it is `normal`; a pid file
+ * naming a process that is not that node is never signalled; ports already in use, ports
+ * past 65535 and a bare invocation are clear errors that start nothing.
  *
  * The nodes are started by the script, not by the harness, so they are not our children:
  * liveness is read from /proc (a dead node reparented to a PID 1 that does not reap stays
@@ -238,9 +241,10 @@ static int free_range(int count)
 
 /*
  * add --count count on a free range (another process may take a port between our check
- * and the script's: then try another range, a few times). Returns the start port.
+ * and the script's: then try another range, a few times), with node_args (NULL-terminated,
+ * may be NULL) after `--` for kvstore. Returns the start port.
  */
-static int add_nodes(int count, char **out)
+static int add_nodes_with(int count, char **out, const char *const *node_args)
 {
     char cnt[16], start[16], off[16];
     snprintf(cnt, sizeof cnt, "%d", count);
@@ -250,9 +254,17 @@ static int add_nodes(int count, char **out)
         snprintf(start, sizeof start, "%d", p);
         char *err = NULL;
         *out = NULL;
-        int rc = mn(out, &err,
-                    (const char *const[]){"add", "--count", cnt, "--port-start", start,
-                                          "--cluster-offset", off, "--timeout", "60", NULL});
+        const char *args[24] = {
+            "add",       "--count", cnt, "--port-start", start, "--cluster-offset", off,
+            "--timeout", "60",      NULL};
+        if (node_args) {
+            int a = 9;
+            args[a++] = "--";
+            for (int i = 0; node_args[i] && a < 23; i++)
+                args[a++] = node_args[i];
+            args[a] = NULL;
+        }
+        int rc = mn(out, &err, args);
         bool clash = rc != 0 && err && strstr(err, "in use");
         free(err);
         if (rc == 0)
@@ -263,6 +275,23 @@ static int add_nodes(int count, char **out)
     }
     cr_assert_fail("add: ports kept being taken");
     return -1;
+}
+
+static int add_nodes(int count, char **out)
+{
+    return add_nodes_with(count, out, NULL);
+}
+
+/* The line of add's NAME URL PEER PID table for name (add prints progress lines that
+ * name the nodes too, before the table). NULL if absent. */
+static const char *add_row(const char *out, const char *name)
+{
+    size_t nl = strlen(name);
+    for (const char *line = out; line && *line;
+         line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL)
+        if (strncmp(line, name, nl) == 0 && line[nl] == ' ')
+            return line;
+    return NULL;
 }
 
 /* ---------- views ---------- */
@@ -296,6 +325,68 @@ static int members_in_state(int port, const char *state, const char *name, bool 
     }
     th_resp_free(&r);
     return n;
+}
+
+/* The ring status node `port` reports for itself ("self":true) in /v1/cluster/members,
+ * copied into out; false if it did not answer or has no such entry. */
+static bool self_ring_status(int port, char *out, size_t cap)
+{
+    th_resp r;
+    if (th_http(port, "GET", "/v1/cluster/members", NULL, 0, &r) != 0)
+        return false;
+    bool found = false;
+    const char *p = r.status == 200 ? strstr(r.body, "\"members\":[") : NULL;
+    for (int guard = 0; p && !found && guard < 64; guard++) {
+        const char *o = strchr(p, '{'), *e = o ? strchr(o, '}') : NULL;
+        if (!o || !e)
+            break;
+        char obj[512];
+        snprintf(obj, sizeof obj, "%.*s", (int)(e - o + 1), o);
+        found = strstr(obj, "\"self\":true") != NULL && th_json_str(obj, "ring_status", out, cap);
+        p = e + 1;
+    }
+    th_resp_free(&r);
+    return found;
+}
+
+/* PUT key=value through node `port` at the default quorum; the HTTP status. */
+static int put_key(int port, const char *key, const char *value)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/v1/kv/%s", key);
+    th_resp r;
+    if (th_http(port, "PUT", path, value, strlen(value), &r) != 0)
+        return -1;
+    int status = r.status;
+    th_resp_free(&r);
+    return status;
+}
+
+/* GET key through node `port` at the default quorum: true if it answers 200 with value. */
+static bool key_reads(int port, const char *key, const char *value)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/v1/kv/%s", key);
+    th_resp r;
+    if (th_http(port, "GET", path, NULL, 0, &r) != 0)
+        return false;
+    bool ok =
+        r.status == 200 && r.body_len == strlen(value) && memcmp(r.body, value, r.body_len) == 0;
+    if (!ok)
+        cr_log_info("GET %s on port %d: %d %.*s", key, port, r.status, (int)r.body_len, r.body);
+    th_resp_free(&r);
+    return ok;
+}
+
+/* True if the node's log under g_tmp contains needle. */
+static bool node_log_has(const char *name, const char *needle)
+{
+    th_node log = {0};
+    snprintf(log.log_path, sizeof log.log_path, "%.200s/%.31s/node.log", g_tmp, name);
+    char *text = th_log_read(&log);
+    bool has = text && strstr(text, needle) != NULL;
+    free(text);
+    return has;
 }
 
 /* ---------- suite ---------- */
@@ -334,7 +425,7 @@ Test(manage_nodes, add_list_remove_one_then_all)
     for (int i = 0; i < 3; i++) {
         snprintf(names[i], sizeof names[i], "node%d", p + i);
         /* add prints "NAME URL PEER PID" per node. */
-        char *line = strstr(out, names[i]);
+        const char *line = add_row(out, names[i]);
         cr_assert_not_null(line, "add output lacks %s:\n%s", names[i], out);
         char nm[NAME_CAP], url[64], peer[64], want_url[64], want_peer[64];
         int pid = 0;
@@ -369,11 +460,29 @@ Test(manage_nodes, add_list_remove_one_then_all)
         cr_assert_eq(alive, 3, "%s sees %d alive members", names[i], alive);
     }
 
-    /* remove --name the middle one: its process goes, the other two stay. */
-    cr_assert_eq(mn(&out, NULL, (const char *const[]){"remove", "--name", names[1], NULL}), 0);
+    /* Keys written through the first node before anyone leaves. */
+    enum { NKEYS = 60 };
+    char key[32], val[48];
+    for (int k = 0; k < NKEYS; k++) {
+        snprintf(key, sizeof key, "mn-key-%d", k);
+        snprintf(val, sizeof val, "value-%d-of-the-three", k);
+        cr_assert_eq(put_key(p, key, val), 204, "PUT %s", key);
+    }
+
+    /* remove --name the middle one: it is asked to leave, hands its ranges over and exits
+     * by itself (no SIGTERM); the other two stay. */
+    char *err = NULL;
+    cr_assert_eq(mn(&out, &err, (const char *const[]){"remove", "--name", names[1], NULL}), 0);
+    cr_assert(strstr(out, "handed its data over and left the cluster") != NULL,
+              "remove did not report the hand-over:\n%s\nstderr:\n%s", out, err);
+    cr_assert(strstr(out, "stopping pid") == NULL && strstr(err, "warning") == NULL,
+              "remove fell back to SIGTERM:\n%s\nstderr:\n%s", out, err);
     free(out);
+    free(err);
     cr_assert(pid_wait_gone(pids[1], 1000), "%s (pid %d) still runs after remove", names[1],
               (int)pids[1]);
+    cr_assert(node_log_has(names[1], "every range handed over"),
+              "%s's log does not say it handed its ranges over", names[1]);
     n = list_rows(rows, MAX_ROWS);
     cr_assert_eq(count_state(rows, n, "running"), 2);
     const row *gone = row_find(rows, n, names[1]);
@@ -387,7 +496,15 @@ Test(manage_nodes, add_list_remove_one_then_all)
     snprintf(path, sizeof path, "%s/%s/NODE_ID", g_tmp, names[1]);
     cr_assert_eq(stat(path, &st), 0, "remove without --purge deleted the node's data");
 
-    /* SIGTERM is a graceful leave: the others see it `left`, not dead after a timeout. */
+    /* Every key still reads back through each remaining node (default quorum). */
+    for (int k = 0; k < NKEYS; k++) {
+        snprintf(key, sizeof key, "mn-key-%d", k);
+        snprintf(val, sizeof val, "value-%d-of-the-three", k);
+        cr_assert(key_reads(p, key, val), "%s lost through %s", key, names[0]);
+        cr_assert(key_reads(p + 2, key, val), "%s lost through %s", key, names[2]);
+    }
+
+    /* The leave is announced: the others see it `left`, not dead after a timeout. */
     int64_t deadline = th_now_ms() + 30000;
     for (;;) {
         bool l0 = false, l2 = false;
@@ -430,11 +547,24 @@ Test(manage_nodes, add_list_remove_one_then_all)
 
 Test(manage_nodes, extends_a_running_cluster_and_never_signals_a_stranger)
 {
+    /* The first node holds data and sends it slowly (streaming.rate is the sender's), so a
+     * node joining it needs seconds to stream its ranges: longer than joining the
+     * membership takes. */
     char *out = NULL;
-    int p = add_nodes(1, &out);
+    int p = add_nodes_with(1, &out, (const char *const[]){"--streaming.rate", "256KiB", NULL});
     free(out);
     char first[NAME_CAP];
     snprintf(first, sizeof first, "node%d", p);
+    enum { NKEYS = 500, VLEN = 1000 };
+    unsigned seed = (unsigned)th_now_ms();
+    char key[32], val[VLEN + 1];
+    for (int k = 0; k < NKEYS; k++) {
+        snprintf(key, sizeof key, "big-%d", k);
+        for (int c = 0; c < VLEN; c++) /* hex noise: LZ4 barely shrinks it */
+            val[c] = "0123456789abcdef"[rand_r(&seed) % 16u];
+        val[VLEN] = '\0';
+        cr_assert_eq(put_key(p, key, val), 204, "PUT %s", key);
+    }
 
     /* A second add joins the running node: seeds come from its pid file. */
     char start[16], off[16];
@@ -451,6 +581,23 @@ Test(manage_nodes, extends_a_running_cluster_and_never_signals_a_stranger)
                     (const char *const[]){"add", "--count", "2", "--port-start", start,
                                           "--cluster-offset", off, NULL}),
                  0);
+    /* add returned only once each new node finished streaming: it says so, each says it
+     * is normal itself, and each holds every key (with nothing written meanwhile, only
+     * the stream brought them). */
+    for (int i = 0; i < 2; i++) {
+        char want[96], rs[16];
+        snprintf(want, sizeof want, "node%d: ring status normal", q + i);
+        cr_assert(strstr(out, want) != NULL, "add did not report %s:\n%s", want, out);
+        cr_assert(self_ring_status(q + i, rs, sizeof rs), "node%d: no members answer", q + i);
+        cr_assert_str_eq(rs, "normal", "node%d is %s right after add returned", q + i, rs);
+        th_resp d;
+        double keys = -1;
+        cr_assert_eq(th_http(q + i, "GET", "/v1/cluster/digest", NULL, 0, &d), 0);
+        cr_assert(d.status == 200 && th_json_num(d.body, "keys", &keys), "%s", d.body);
+        th_resp_free(&d);
+        cr_assert_eq((int)keys, NKEYS, "node%d holds %d of %d keys after add", q + i, (int)keys,
+                     NKEYS);
+    }
     free(out);
     const int ports[3] = {p, q, q + 1};
     for (int i = 0; i < 3; i++) {
@@ -491,6 +638,20 @@ Test(manage_nodes, extends_a_running_cluster_and_never_signals_a_stranger)
     /* That node is now unmanaged: stop it ourselves (it is not our child). */
     kill(node_pid, SIGTERM);
     cr_assert(pid_wait_gone(node_pid, 20000));
+
+    /* remove --name --no-leave: SIGTERM at once, no hand-over asked for. */
+    char second[NAME_CAP];
+    snprintf(second, sizeof second, "node%d", q);
+    r = row_find(rows, n, second);
+    cr_assert_not_null(r);
+    pid_t second_pid = r->pid;
+    cr_assert_eq(
+        mn(&out, NULL, (const char *const[]){"remove", "--name", second, "--no-leave", NULL}), 0);
+    cr_assert(strstr(out, "stopping pid") != NULL && strstr(out, "asking it to leave") == NULL,
+              "--no-leave did not stop with SIGTERM:\n%s", out);
+    free(out);
+    cr_assert(pid_wait_gone(second_pid, 1000));
+    cr_assert(!node_log_has(second, "every range handed over"), "%s handed over anyway", second);
 
     cr_assert_eq(mn(NULL, NULL, (const char *const[]){"remove", "--all", NULL}), 0);
     n = list_rows(rows, MAX_ROWS);
