@@ -126,8 +126,10 @@ wait "$BENCH" 2>/dev/null || true
 
 echo
 grep "join complete" "$DIR/n3.log" | sed 's/^.*msg=/joining node: /'
-curl -fsS "http://127.0.0.1:${HTTP[3]}/metrics" | grep -E '^kv_sync_(raw_)?bytes_received_total' |
+curl -fsS "http://127.0.0.1:${HTTP[3]}/metrics" | grep -E '^kv_sync_(raw_)?bytes_received_total|^kv_join_unit_failures_total' |
     sed 's/^/n3 /'
+grep -c "streaming a slice failed" "$DIR/n3.log" | sed "s/^/slice failures logged: /" || true
+grep -c "plan redone" "$DIR/n3.log" | sed "s/^/plans redone: /" || true
 awk -v a="$t0" -v b="$t1" 'BEGIN { printf "wall time from start to normal: %.1f s\n", b - a }'
 echo "client before the join: $(summary "$DIR/before.json")"
 echo "client during the join: $(summary "$DIR/during.json")"

@@ -403,17 +403,39 @@ void kv_join_update(kv_join *j)
         return;
     }
     bool replan = j->planned;
+    /* Units of the new plan that the old one finished (same source, same ranges) stay
+     * finished: a member flapping suspect and back must not restart the whole stream. */
+    uint64_t carried_bytes = 0;
+    size_t carried = 0;
+    for (size_t u = 0; u < p.n_units; u++)
+        for (size_t o = 0; o < j->n_units; o++) {
+            const join_unit *x = &j->units[o];
+            if (!x->done || !swim_id_equal(&x->source, &p.units[u].source) ||
+                x->n_pairs != p.units[u].n_pairs ||
+                memcmp(x->pairs, p.units[u].pairs, 16 * x->n_pairs) != 0)
+                continue;
+            p.units[u].done = true;
+            p.units[u].bytes = x->bytes;
+            p.n_done++;
+            carried++;
+            carried_bytes += x->bytes;
+            break;
+        }
     units_free(j);
     j->units = p.units;
     j->n_units = p.n_units;
     j->n_done = p.n_done;
     j->fp = p.fp;
-    j->bytes = 0;
+    j->bytes = carried_bytes;
     j->resumed = 0;
     j->planned = true;
     ckpt_load_or_start(j);
+    for (size_t u = 0; carried && u < j->n_units; u++) /* the new checkpoint keeps them */
+        if (j->units[u].done)
+            ckpt_done(j, u);
     if (replan)
-        kv_log_info("join: the ring changed, streaming plan redone", KV_UINT("units", j->n_units));
+        kv_log_info("join: the ring changed, streaming plan redone", KV_UINT("units", j->n_units),
+                    KV_UINT("units_kept", carried));
     else
         kv_log_info("joining: streaming our ranges", KV_UINT("units", j->n_units),
                     KV_UINT("resumed_units", j->resumed));

@@ -540,7 +540,10 @@ static void serve_send(kv_sync *s, sync_serve *v, bool last)
         s->st.bytes_out += d.vlen;
         s->st.raw_out += d.raw_len;
     }
-    s->tokens -= (double)d.vlen;
+    /* Charged by the records' raw bytes, not the compressed ones: reading, packing and the
+     * puller's writes cost by what the records hold, and values that compress well would
+     * otherwise stream unthrottled. */
+    s->tokens -= (double)(d.raw_len ? d.raw_len : d.vlen);
     kv_buf_reset(&v->raw);
     v->want = false;
     v->seq++;
