@@ -184,6 +184,46 @@ static void *load_main(void *arg)
     return NULL;
 }
 
+/* Every write the load client saw acknowledged reads back through node `via` at the
+ * default quorum, with that value or a newer one. */
+static void check_acked(int via)
+{
+    th_kv_conn c;
+    th_kv_conn_init(&c, g_c.node[via].port);
+    char key[32];
+    for (int k = 0; k < LOAD_KEYS; k++) {
+        if (g_load.acked[k] < 0)
+            continue;
+        snprintf(key, sizeof key, "ld/%03d", k);
+        th_kv_resp kr;
+        th_kv_conn_request(&c, "GET", key, NULL, NULL, 0, 5000, &kr);
+        TH_CLUSTER_CHECK(&g_c, kr.status == 200 && atol(kr.body) >= g_load.acked[k],
+                         "%s via n%d: %d %s, acknowledged %ld", key, via, kr.status, kr.body,
+                         g_load.acked[k]);
+        th_kv_resp_free(&kr);
+    }
+    th_kv_conn_close(&c);
+}
+
+/* Every step-th of the n keys preload() wrote under prefix reads back through `via`
+ * (query: e.g. "r=3", or NULL for the default quorum) with its vlen bytes. */
+static void check_loaded(int via, const char *prefix, int n, int step, int vlen, const char *query)
+{
+    th_kv_conn c;
+    th_kv_conn_init(&c, g_c.node[via].port);
+    char key[64];
+    for (int k = 0; k < n; k += step) {
+        snprintf(key, sizeof key, "%s/%05d", prefix, k);
+        th_kv_resp kr;
+        th_kv_conn_request(&c, "GET", key, query, NULL, 0, 5000, &kr);
+        TH_CLUSTER_CHECK(&g_c, kr.status == 200 && strlen(kr.body) == (size_t)vlen,
+                         "%s via n%d%s%s: %d", key, via, query ? " at " : "", query ? query : "",
+                         kr.status);
+        th_kv_resp_free(&kr);
+    }
+    th_kv_conn_close(&c);
+}
+
 /* Wait until the load has done `more` further operations (30 s at most). */
 static void load_progress(long more)
 {
@@ -266,30 +306,8 @@ Test(join, nodes_join_leave_and_are_removed_under_load_without_losing_a_write, .
      * every node that remains. */
     const int remain[] = {0, 3, 4};
     for (int v = 0; v < 3; v++) {
-        int via = remain[v];
-        th_kv_conn c;
-        th_kv_conn_init(&c, g_c.node[via].port);
-        char key[32];
-        for (int k = 0; k < LOAD_KEYS; k++) {
-            if (g_load.acked[k] < 0)
-                continue;
-            snprintf(key, sizeof key, "ld/%03d", k);
-            th_kv_resp kr;
-            th_kv_conn_request(&c, "GET", key, NULL, NULL, 0, 5000, &kr);
-            TH_CLUSTER_CHECK(&g_c, kr.status == 200 && atol(kr.body) >= g_load.acked[k],
-                             "%s via n%d: %d %s, acknowledged %ld", key, via, kr.status, kr.body,
-                             g_load.acked[k]);
-            th_kv_resp_free(&kr);
-        }
-        for (int k = 0; k < 2000; k += 3) {
-            snprintf(key, sizeof key, "pre/%05d", k);
-            th_kv_resp kr;
-            th_kv_conn_request(&c, "GET", key, NULL, NULL, 0, 5000, &kr);
-            TH_CLUSTER_CHECK(&g_c, kr.status == 200 && strlen(kr.body) == 500, "%s via n%d: %d",
-                             key, via, kr.status);
-            th_kv_resp_free(&kr);
-        }
-        th_kv_conn_close(&c);
+        check_acked(remain[v]);
+        check_loaded(remain[v], "pre", 2000, 3, 500, NULL);
     }
 }
 
@@ -349,19 +367,8 @@ Test(join, a_joining_node_restarted_half_way_resumes)
     TH_CLUSTER_CHECK(&g_c, sent <= total * 1.25,
                      "the sources sent %g bytes for a join of %g: the stream restarted", sent,
                      total);
-    /* its data is all there: every key reads back through it at quorum */
-    th_kv_conn c;
-    th_kv_conn_init(&c, g_c.node[3].port);
-    for (int k = 0; k < 3000; k += 3) {
-        char key[32];
-        snprintf(key, sizeof key, "rs/%05d", k);
-        th_kv_resp r;
-        th_kv_conn_request(&c, "GET", key, "r=3", NULL, 0, 5000, &r);
-        TH_CLUSTER_CHECK(&g_c, r.status == 200 && strlen(r.body) == 1000, "%s via n3: %d", key,
-                         r.status);
-        th_kv_resp_free(&r);
-    }
-    th_kv_conn_close(&c);
+    /* its data is all there: every key reads back through it with all three replicas */
+    check_loaded(3, "rs", 3000, 3, 1000, "r=3");
     fprintf(stderr, "join resume: reads done at %lld ms\n", (long long)(th_now_ms() - t0));
 }
 
@@ -415,29 +422,8 @@ Test(join, a_node_leaves_under_load_after_handing_its_ranges_over)
     for (int via = 0; via < 4; via++) {
         if (via == 1)
             continue;
-        th_kv_conn c;
-        th_kv_conn_init(&c, g_c.node[via].port);
-        char key[32];
-        for (int k = 0; k < LOAD_KEYS; k++) {
-            if (g_load.acked[k] < 0)
-                continue;
-            snprintf(key, sizeof key, "ld/%03d", k);
-            th_kv_resp kr;
-            th_kv_conn_request(&c, "GET", key, NULL, NULL, 0, 5000, &kr);
-            TH_CLUSTER_CHECK(&g_c, kr.status == 200 && atol(kr.body) >= g_load.acked[k],
-                             "%s via n%d: %d %s, acknowledged %ld", key, via, kr.status, kr.body,
-                             g_load.acked[k]);
-            th_kv_resp_free(&kr);
-        }
-        for (int k = 0; k < 2000; k += 5) {
-            snprintf(key, sizeof key, "lv/%05d", k);
-            th_kv_resp kr;
-            th_kv_conn_request(&c, "GET", key, "r=3", NULL, 0, 5000, &kr);
-            TH_CLUSTER_CHECK(&g_c, kr.status == 200 && strlen(kr.body) == 500,
-                             "%s via n%d at r=3: %d", key, via, kr.status);
-            th_kv_resp_free(&kr);
-        }
-        th_kv_conn_close(&c);
+        check_acked(via);
+        check_loaded(via, "lv", 2000, 5, 500, "r=3");
     }
 }
 
@@ -499,17 +485,6 @@ Test(join, a_dead_node_is_removed_and_the_others_copy_its_ranges)
                  p && strstr(p, "\"state\":\"left\"") ? "left" : "?");
         th_resp_free(&r);
         cr_assert_str_eq(members, "left", "n%d does not see n3 left", via);
-        th_kv_conn c;
-        th_kv_conn_init(&c, g_c.node[via].port);
-        for (int k = 0; k < 1500; k += 7) {
-            char key[32];
-            snprintf(key, sizeof key, "rm/%05d", k);
-            th_kv_resp kr;
-            th_kv_conn_request(&c, "GET", key, "r=3", NULL, 0, 5000, &kr);
-            TH_CLUSTER_CHECK(&g_c, kr.status == 200 && strlen(kr.body) == 300, "%s via n%d: %d",
-                             key, via, kr.status);
-            th_kv_resp_free(&kr);
-        }
-        th_kv_conn_close(&c);
+        check_loaded(via, "rm", 1500, 7, 300, "r=3");
     }
 }
