@@ -141,12 +141,14 @@ static const cli_cmd cli_cmds[] = {
      "Asks the server for the members and the ring, then every live member for its own\n"
      "figures (at the client address it told in gossip). A table: NAME, STATE, RING (its\n"
      "place in data placement), OWNED (the share of the key space it holds a copy of),\n"
-     "KEYS, TOMBSTONES, BYTES (live key + value bytes) and DIGEST (the root of its\n"
+     "KEYS, TOMBSTONES, BYTES (live key + value bytes), STREAM (a joining member's\n"
+     "stream in percent, or a leaving member's hand-over) and DIGEST (the root of its\n"
      "anti-entropy tree: members holding the same ranges and the same data show the same\n"
      "digest). A member that could not be asked shows '?' and the reason below the table.\n"
      "With --json: {\"members\":[{\"name\":..,\"state\":..,\"ring_status\":..,\"owned\":..,\n"
      "\"http\":..,\"keys\":..,\"tombstones\":..,\"live_bytes\":..,\"disk_bytes\":..,\n"
-     "\"digest\":..,\"error\":..},..]} (null where a member did not answer).\n",
+     "\"digest\":..,\"error\":..,\"join_percent\":..,\"leave\":{\"gainers\":..,\"done\":..}},..]}\n"
+     "(null where a member did not answer, or is not joining / leaving).\n",
      CLI_F_JSON, 0, 0, cmd_status},
     {"leave", "", "make the server's node leave the cluster, handing its data over first",
      "The node (the one --server names) turns `leaving`: it keeps serving while it asks\n"

@@ -19,7 +19,8 @@ typedef struct st_row {
     double owned; /* replica share; < 0 unknown */
     bool have;    /* figures read from the member */
     double keys, tombstones, live_bytes, disk_bytes;
-    double stream_pct; /* joining: percent of its stream done; < 0 when not joining */
+    double stream_pct;            /* joining: percent of its stream done; < 0 when not joining */
+    double gainers, gainers_done; /* leaving: members taking its ranges; gainers < 0 if not */
     char digest[17];
     char error[320]; /* room for the address and a reason */
 } st_row;
@@ -59,6 +60,11 @@ static void st_ask(st_row *r, const kv_client_opts *opts)
                   kvc_jscan_number(body, end, "disk_bytes", 0, 1e18, &r->disk_bytes) &&
                   kvc_json_str_field(body, blen, "root", r->digest, sizeof(r->digest));
         r->stream_pct = -1;
+        r->gainers = -1;
+        if (r->have && memmem(body, blen, "\"leaving\":true", 14) &&
+            (!kvc_jscan_number(body, end, "gainers", 0, 1e6, &r->gainers) ||
+             !kvc_jscan_number(body, end, "gainers_done", 0, 1e6, &r->gainers_done)))
+            r->gainers = -1;
         if (r->have && memmem(body, blen, "\"joining\":true", 14) &&
             !kvc_jscan_number(body, end, "percent", 0, 100, &r->stream_pct))
             r->stream_pct = -1;
@@ -116,14 +122,19 @@ static void st_json(FILE *out, const st_row *rows, size_t n)
                           "\"disk_bytes\":%.0f,\"digest\":\"%s\",\"error\":null",
                           r->keys, r->tombstones, r->live_bytes, r->disk_bytes, r->digest);
             if (r->stream_pct >= 0)
-                kv_buf_printf(&j, ",\"join_percent\":%.1f}", r->stream_pct);
+                kv_buf_printf(&j, ",\"join_percent\":%.1f", r->stream_pct);
             else
-                kv_buf_appends(&j, ",\"join_percent\":null}");
+                kv_buf_appends(&j, ",\"join_percent\":null");
+            if (r->gainers >= 0)
+                kv_buf_printf(&j, ",\"leave\":{\"gainers\":%.0f,\"done\":%.0f}}", r->gainers,
+                              r->gainers_done);
+            else
+                kv_buf_appends(&j, ",\"leave\":null}");
         } else {
             kv_buf_appends(&j, ",\"keys\":null,\"tombstones\":null,\"live_bytes\":null,"
                                "\"disk_bytes\":null,\"digest\":null,\"error\":");
             st_jstr(&j, r->error);
-            kv_buf_appends(&j, ",\"join_percent\":null}");
+            kv_buf_appends(&j, ",\"join_percent\":null,\"leave\":null}");
         }
     }
     kv_buf_appends(&j, "]}\n");
@@ -159,6 +170,9 @@ static void st_table(FILE *out, const st_row *rows, size_t n)
             st_bytes(cells[i][6], sizeof(cells[i][6]), r->live_bytes);
             if (r->stream_pct >= 0)
                 snprintf(cells[i][7], sizeof(cells[i][7]), "join %.0f%%", r->stream_pct);
+            else if (r->gainers >= 0)
+                snprintf(cells[i][7], sizeof(cells[i][7]), "leave %.0f/%.0f", r->gainers_done,
+                         r->gainers);
             else
                 snprintf(cells[i][7], sizeof(cells[i][7]), "-");
             snprintf(cells[i][8], sizeof(cells[i][8]), "%s", r->digest);
@@ -186,7 +200,8 @@ static void st_table(FILE *out, const st_row *rows, size_t n)
     fprintf(out, "\n%zu members, %zu answered; * = the node that answered the member list\n", n,
             asked);
     fprintf(out, "OWNED: share of the key space it holds a copy of; BYTES: live key + value "
-                 "bytes; STREAM: a joining member's stream, percent done\n");
+                 "bytes; STREAM: a joining member's stream (percent done) or a leaving one's "
+                 "hand-over (members that took its ranges / members taking them)\n");
     if (asked > 1)
         fprintf(out,
                 "DIGEST: %s (equal digests mean equal data between members that hold the same "

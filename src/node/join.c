@@ -403,15 +403,16 @@ void kv_join_update(kv_join *j)
         return;
     }
     bool replan = j->planned;
-    /* Units of the new plan that the old one finished (same source, same ranges) stay
-     * finished: a member flapping suspect and back must not restart the whole stream. */
+    /* Units of the new plan whose ranges the old one finished stay finished, whatever
+     * source they came from: the data is here. (A source seen dead for a moment, or a
+     * member flapping, changes the plan's sources; re-streaming every unit of it was the
+     * cost.) */
     uint64_t carried_bytes = 0;
     size_t carried = 0;
     for (size_t u = 0; u < p.n_units; u++)
         for (size_t o = 0; o < j->n_units; o++) {
             const join_unit *x = &j->units[o];
-            if (!x->done || !swim_id_equal(&x->source, &p.units[u].source) ||
-                x->n_pairs != p.units[u].n_pairs ||
+            if (!x->done || x->n_pairs != p.units[u].n_pairs ||
                 memcmp(x->pairs, p.units[u].pairs, 16 * x->n_pairs) != 0)
                 continue;
             p.units[u].done = true;

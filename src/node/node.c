@@ -294,15 +294,20 @@ static void respond_digest(kv_node *n, kv_http_req *req)
     memset(&jp, 0, sizeof(jp));
     if (n->repl)
         kv_repl_join_progress(n->repl, &jp);
-    char body[512];
+    bool leaving = n->repl && kv_repl_leaving(n->repl);
+    uint32_t gainers = 0, gainers_done = 0;
+    if (leaving)
+        kv_repl_leave_progress(n->repl, &gainers, &gainers_done);
+    char body[640];
     snprintf(body, sizeof(body),
              "{\"depth\":%u,\"root\":\"%016" PRIx64 "\",\"keys\":%" PRIu64
              ",\"tombstones\":%" PRIu64 ",\"live_bytes\":%" PRIu64 ",\"disk_bytes\":%" PRIu64
              ",\"stream\":{\"joining\":%s,\"units\":%u,\"units_done\":%u,\"percent\":%.1f,"
-             "\"bytes\":%" PRIu64 "}}",
+             "\"bytes\":%" PRIu64 ",\"leaving\":%s,\"gainers\":%u,\"gainers_done\":%u}}",
              kv_merkle_depth(t), kv_merkle_root(t), st.keys, st.tombstones, st.live_bytes,
              st.disk_bytes, jp.joining ? "true" : "false", jp.units, jp.units_done,
-             jp.units ? 100.0 * jp.units_done / jp.units : 0.0, jp.bytes);
+             jp.units ? 100.0 * jp.units_done / jp.units : 0.0, jp.bytes,
+             leaving ? "true" : "false", gainers, gainers_done);
     respond_json(req, 200, body);
 }
 

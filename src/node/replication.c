@@ -1594,6 +1594,11 @@ bool kv_repl_leaving(kv_repl *r)
     return r->leave != NULL;
 }
 
+void kv_repl_leave_progress(kv_repl *r, uint32_t *gainers, uint32_t *done)
+{
+    kv_leave_progress(r->leave, gainers, done);
+}
+
 static void on_leave_closed(void *arg)
 {
     kv_repl *r = arg;

@@ -36,6 +36,8 @@ int kv_repl_start(kv_repl **out, uv_loop_t *loop, const kv_config *cfg, kv_store
  */
 int kv_repl_leave(kv_repl *r, void (*done)(void *arg), void *arg);
 bool kv_repl_leaving(kv_repl *r);
+/* While leaving: the members taking our ranges, and how many have them (0, 0 otherwise). */
+void kv_repl_leave_progress(kv_repl *r, uint32_t *gainers, uint32_t *done);
 
 /* The join's progress (all zero when the node is not joining). */
 struct kv_join_progress;

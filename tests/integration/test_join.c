@@ -401,6 +401,10 @@ Test(join, a_node_leaves_under_load_after_handing_its_ranges_over)
     TH_CLUSTER_CHECK(&g_c, r.status == 202 && strstr(r.body, "\"status\":\"leaving\""),
                      "POST /v1/cluster/leave: %d %s", r.status, r.body);
     th_resp_free(&r);
+    /* it waits ten protocol periods before handing over: it shows as leaving meanwhile */
+    cr_assert_eq(th_http(g_c.node[1].port, "GET", "/v1/cluster/digest", NULL, 0, &r), 0);
+    cr_assert(strstr(r.body, "\"leaving\":true"), "digest while leaving: %s", r.body);
+    th_resp_free(&r);
     /* it hands its ranges over, leaves and exits 0 by itself */
     TH_CLUSTER_CHECK(&g_c, th_node_wait_exit(&g_c.node[1], 60000), "n1 did not exit");
     cr_assert_eq(g_c.node[1].exit_status, 0, "n1 exited with %d", g_c.node[1].exit_status);
