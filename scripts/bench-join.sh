@@ -81,6 +81,16 @@ wait_ready() { # index
     done
 }
 
+wait_normal() { # index: until the node says it is normal (its own join finished)
+    local i=$1 t=0
+    until curl -fsS "http://127.0.0.1:${HTTP[i]}/v1/cluster/members" 2>/dev/null |
+        tr '{' '\n' | grep '"self":true' | grep -q '"ring_status":"normal"'; do
+        sleep 0.2
+        t=$((t + 1))
+        ((t < 600)) || { echo "bench-join: n$i never turned normal" >&2; exit 1; }
+    done
+}
+
 urls() { # count
     local u="" i
     for ((i = 0; i < $1; i++)); do u+="${u:+,}http://127.0.0.1:${HTTP[i]}"; done
@@ -99,6 +109,7 @@ print("%.0f ops/s, p50 %.2f ms, p99 %.2f ms, max %.1f ms, %d failed of %d" %
 
 for i in 0 1 2; do start_node "$i"; done
 for i in 0 1 2; do wait_ready "$i"; done
+for i in 0 1 2; do wait_normal "$i"; done # one join at a time: theirs first
 echo "loading $KEYS keys of $VSIZE bytes into 3 nodes (N=3) ..."
 "$KVBENCH" -u "$(urls 3)" -w write -k "$KEYS" --value-size "$VSIZE" -c 64 -n 1 --warmup 0 \
     --max-time 30m >"$DIR/load.txt"
@@ -131,5 +142,6 @@ curl -fsS "http://127.0.0.1:${HTTP[3]}/metrics" | grep -E '^kv_sync_(raw_)?bytes
 grep -c "streaming a slice failed" "$DIR/n3.log" | sed "s/^/slice failures logged: /" || true
 grep -c "plan redone" "$DIR/n3.log" | sed "s/^/plans redone: /" || true
 awk -v a="$t0" -v b="$t1" 'BEGIN { printf "wall time from start to normal: %.1f s\n", b - a }'
+cp "$DIR/n3.log" /tmp/kv-bench-join-n3.log 2>/dev/null && echo "(the joining node's log: /tmp/kv-bench-join-n3.log)"
 echo "client before the join: $(summary "$DIR/before.json")"
 echo "client during the join: $(summary "$DIR/during.json")"

@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define JOIN_PARALLEL 2    /* units streaming at once */
+#define JOIN_PARALLEL 8    /* units streaming at once, at most one per source */
 #define JOIN_RETRY_MS 1000 /* a failed unit is tried again after this */
 
 typedef struct join_plan {
@@ -343,7 +343,18 @@ static void on_retry(uv_timer_t *t)
         kv_join_update(j);
 }
 
-/* Start units up to JOIN_PARALLEL; finish when all are done. */
+/* Is a unit from this source streaming now? */
+static bool source_busy(const kv_join *j, const swim_member_id *src)
+{
+    for (size_t i = 0; i < j->n_units; i++)
+        if (j->units[i].running && swim_id_equal(&j->units[i].source, src))
+            return true;
+    return false;
+}
+
+/* Start units, one per source at a time (each source's streaming.rate is then what the
+ * join gets from it; units of one source side by side only split its budget) and at most
+ * JOIN_PARALLEL; finish when all are done. */
 static void join_pump(kv_join *j)
 {
     if (!j->active || !j->planned)
@@ -365,7 +376,7 @@ static void join_pump(kv_join *j)
     }
     for (size_t i = 0; i < j->n_units && j->running < JOIN_PARALLEL; i++) {
         join_unit *u = &j->units[i];
-        if (u->done || u->running)
+        if (u->done || u->running || source_busy(j, &u->source))
             continue;
         if (u->retry_at > now) {
             if (u->retry_at < next_retry)
