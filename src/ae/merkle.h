@@ -85,8 +85,8 @@ void kv_merkle_leaf_range(const kv_merkle *t, uint64_t leaf, uint64_t *lo, uint6
  * edge[0..*n_edge) — their keys inside the range must be added by the caller. Uses
  * O(depth) inner nodes, not a leaf walk.
  */
-uint64_t kv_merkle_range_digest(const kv_merkle *t, uint64_t start, uint64_t end,
-                                uint64_t edge[2], unsigned *n_edge);
+uint64_t kv_merkle_range_digest(const kv_merkle *t, uint64_t start, uint64_t end, uint64_t edge[2],
+                                unsigned *n_edge);
 
 /*
  * Leaves whose sums differ between a and b (same depth), in ascending order, found by
@@ -94,7 +94,6 @@ uint64_t kv_merkle_range_digest(const kv_merkle *t, uint64_t start, uint64_t end
  * differ in total (may exceed max). KV_EINVAL-like misuse (different depths) returns 0
  * with *ok false when ok is not NULL.
  */
-size_t kv_merkle_diff(const kv_merkle *a, const kv_merkle *b, uint64_t *out, size_t max,
-                      bool *ok);
+size_t kv_merkle_diff(const kv_merkle *a, const kv_merkle *b, uint64_t *out, size_t max, bool *ok);
 
 #endif

@@ -16,7 +16,10 @@ typedef struct kv_buf {
     size_t cap;
 } kv_buf;
 
-#define KV_BUF_INIT {NULL, 0, 0}
+#define KV_BUF_INIT                                                                                \
+    {                                                                                              \
+        NULL, 0, 0                                                                                 \
+    }
 
 /* Ensure room for extra more bytes (plus the NUL). KV_OK or KV_ENOMEM. */
 int kv_buf_reserve(kv_buf *b, size_t extra);
