@@ -168,4 +168,14 @@ int kv_config_origin(const kv_config *cfg, const char *key, kv_cfg_source *sourc
 
 const char *kv_sync_mode_name(kv_sync_mode m);
 
+/* How long news (a member's new ring status) takes to reach every member by gossip, as
+ * this node waits for it: ten protocol periods (cluster.probe_interval), at least 1 s.
+ * A joining or leaving node waits this long before it streams, and writes keep reaching
+ * the previous read ring this long after a join finished. */
+static inline uint64_t kv_config_gossip_spread_ms(const kv_config *cfg)
+{
+    uint64_t ms = 10 * cfg->cluster_probe_interval_ms;
+    return ms > 1000 ? ms : 1000;
+}
+
 #endif

@@ -149,14 +149,6 @@ static void units_free(kv_join *j)
     j->planned = false;
 }
 
-static bool id_in(const swim_member_id *ids, uint32_t n, const swim_member_id *id)
-{
-    for (uint32_t i = 0; i < n; i++)
-        if (swim_id_equal(&ids[i], id))
-            return true;
-    return false;
-}
-
 /* The member this node takes the range over from: one the change pushes out of the list
  * (alive), else any alive old holder. false when none is alive. */
 static bool pick_source(kv_join *j, const kv_ring_move *mv, swim_member_id *out)
@@ -164,7 +156,7 @@ static bool pick_source(kv_join *j, const kv_ring_move *mv, swim_member_id *out)
     for (int pass = 0; pass < 2; pass++)
         for (uint32_t i = 0; i < mv->n_from; i++) {
             const swim_member_id *id = &mv->from[i];
-            if (swim_id_equal(id, &j->self) || (pass == 0 && id_in(mv->to, mv->n_to, id)) ||
+            if (swim_id_equal(id, &j->self) || (pass == 0 && swim_id_in(mv->to, mv->n_to, id)) ||
                 !j->env.alive(j->env.arg, id))
                 continue;
             *out = *id;
@@ -258,7 +250,8 @@ static int plan(kv_join *j, join_plan *p)
         return rc;
     p->fp = 0x6a6f696e; /* "join" */
     for (size_t i = 0; i < n_mv && rc == KV_OK; i++) {
-        if (!id_in(mv[i].to, mv[i].n_to, &j->self) || id_in(mv[i].from, mv[i].n_from, &j->self))
+        if (!swim_id_in(mv[i].to, mv[i].n_to, &j->self) ||
+            swim_id_in(mv[i].from, mv[i].n_from, &j->self))
             continue;
         swim_member_id src;
         if (!pick_source(j, &mv[i], &src)) {
@@ -364,8 +357,7 @@ static void join_pump(kv_join *j)
      * periods): a write one of them acknowledged on the old preference list alone after
      * our stream passed its key would be missing here, and once we count for reads a
      * quorum read could miss it. From then on every write also reaches W in our list. */
-    uint64_t grace = 10 * j->cfg->cluster_probe_interval_ms;
-    uint64_t start_at = j->started_ms + (grace > 1000 ? grace : 1000);
+    uint64_t start_at = j->started_ms + kv_config_gossip_spread_ms(j->cfg);
     if (now < start_at && j->n_units > j->n_done) {
         uv_timer_start(&j->retry, on_retry, start_at - now, 0);
         return;

@@ -46,14 +46,6 @@ static void gainers_free(kv_leave *l)
     l->planned = false;
 }
 
-static bool id_in(const swim_member_id *ids, uint32_t n, const swim_member_id *id)
-{
-    for (uint32_t i = 0; i < n; i++)
-        if (swim_id_equal(&ids[i], id))
-            return true;
-    return false;
-}
-
 static int add_pair(leave_gainer *g, uint64_t lo, uint64_t hi)
 {
     uint8_t *p = realloc(g->pairs, (g->n_pairs + 1) * 16);
@@ -89,11 +81,12 @@ static int plan(kv_leave *l, leave_gainer **out, size_t *n_out, uint64_t *fp)
     leave_gainer *g = NULL;
     size_t n_g = 0;
     for (size_t i = 0; i < n_mv && rc == KV_OK; i++) {
-        if (!id_in(mv[i].from, mv[i].n_from, &l->self) || id_in(mv[i].to, mv[i].n_to, &l->self))
+        if (!swim_id_in(mv[i].from, mv[i].n_from, &l->self) ||
+            swim_id_in(mv[i].to, mv[i].n_to, &l->self))
             continue;
         for (uint32_t k = 0; k < mv[i].n_to && rc == KV_OK; k++) {
             const swim_member_id *to = &mv[i].to[k];
-            if (id_in(mv[i].from, mv[i].n_from, to))
+            if (swim_id_in(mv[i].from, mv[i].n_from, to))
                 continue; /* it has the range already */
             size_t j = 0;
             while (j < n_g && !swim_id_equal(&g[j].id, to))
@@ -147,8 +140,7 @@ static void pump(kv_leave *l)
     /* Not before every coordinator knows we are leaving (a few protocol periods): a write
      * acknowledged on the old preference list alone after a gainer's pull passed its key
      * could otherwise be missing from the new list. From then on writes reach W in it. */
-    uint64_t grace = 10 * l->cfg->cluster_probe_interval_ms;
-    uint64_t start_at = l->started_ms + (grace > 1000 ? grace : 1000);
+    uint64_t start_at = l->started_ms + kv_config_gossip_spread_ms(l->cfg);
     if (now < start_at && l->n_g > l->n_done) {
         uv_timer_start(&l->retry, on_retry, start_at - now, 0);
         return;

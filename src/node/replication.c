@@ -56,10 +56,6 @@
 #define REPL_JOIN_WAIT_MS  10000       /* see repl_joining */
 #define REPL_MAX_SCANS     16          /* local listing scans at once (peers' LISTs included) */
 #define REPL_KEEP_BUF      (64u << 10) /* a peer's batch buffer above this is freed after use */
-/* How long writes keep reaching the previous read ring after a join finished: gossip takes
- * the news to every member within a few protocol periods; ten, and at least a second. */
-#define REPL_RING_GRACE_PERIODS 10
-#define REPL_RING_GRACE_MIN_MS  1000
 
 /* One peer's outgoing batch. */
 typedef struct repl_peer {
@@ -872,9 +868,7 @@ static void rebuild_ring(kv_repl *r)
         if (moved) {
             kv_ring_free(r->prev);
             r->prev = r->ring;
-            uint64_t grace = REPL_RING_GRACE_PERIODS * r->cfg->cluster_probe_interval_ms;
-            r->prev_until =
-                uv_now(r->loop) + (grace > REPL_RING_GRACE_MIN_MS ? grace : REPL_RING_GRACE_MIN_MS);
+            r->prev_until = uv_now(r->loop) + kv_config_gossip_spread_ms(r->cfg);
         } else {
             kv_ring_free(r->ring);
         }

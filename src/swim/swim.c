@@ -305,6 +305,14 @@ bool swim_id_equal(const swim_member_id *a, const swim_member_id *b)
     return memcmp(a->b, b->b, SWIM_ID_LEN) == 0;
 }
 
+bool swim_id_in(const swim_member_id *ids, uint32_t n, const swim_member_id *id)
+{
+    for (uint32_t i = 0; i < n; i++)
+        if (swim_id_equal(&ids[i], id))
+            return true;
+    return false;
+}
+
 bool swim_id_is_zero(const swim_member_id *id)
 {
     static const swim_member_id zero;

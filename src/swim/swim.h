@@ -390,6 +390,8 @@ void swim_get_stats(const swim_t *s, swim_stats *out);
 const char *swim_state_name(swim_state st);            /* "alive", "suspect", "dead", "left" */
 const char *swim_ring_status_name(swim_ring_status r); /* "joining", "normal", ... */
 bool swim_id_equal(const swim_member_id *a, const swim_member_id *b);
+/* Is id one of ids[0..n)? */
+bool swim_id_in(const swim_member_id *ids, uint32_t n, const swim_member_id *id);
 bool swim_id_is_zero(const swim_member_id *id);
 /* Lower-case hex, 32 characters plus NUL into out[33]. */
 void swim_id_to_hex(const swim_member_id *id, char out[2 * SWIM_ID_LEN + 1]);
